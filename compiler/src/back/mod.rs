@@ -1,0 +1,3 @@
+//! Backends: the reference interpreter, CUDA C text, Cranelift IR.
+
+pub mod interp;

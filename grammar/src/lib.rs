@@ -1,0 +1,14 @@
+//! rlo-grammar: text → AST. The only crate that depends on pest.
+//!
+//! `parse(src, file)` returns the AST of one file or every syntax error found, as [`Diagnostic`]s.
+//! `fmt::format_file` prints an AST back in canonical layout, comments preserved.
+
+pub mod ast;
+pub mod diagnostic;
+pub mod fmt;
+mod parse;
+pub mod span;
+
+pub use diagnostic::{Diagnostic, Label, Severity};
+pub use parse::{parse, MAX_NESTING};
+pub use span::{FileId, SourceFile, SourceMap, Span};
