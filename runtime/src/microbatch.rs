@@ -1,0 +1,1 @@
+//! (stub; see the module list in lib.rs)
