@@ -109,3 +109,74 @@ fn collects_several_errors() {
         "objective o() {\n input x: tok diff\n let a = y\n loss seq_mean(x)\n metric m = x\n}";
     assert_eq!(errors(src), vec!["E0101", "E0217", "E0218"]);
 }
+
+#[test]
+#[ignore]
+fn adhoc_stdlib() {
+    let dir = std::path::Path::new("/work/wt/stdlib/stdlib");
+    let mut mods = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
+        mods.push((
+            stem,
+            std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("    -sigmoid(tau", "    0 - sigmoid(tau"),
+        ));
+    }
+    mods.sort();
+    let opts = Options {
+        objective: None,
+        extra_modules: mods.clone(),
+    };
+    for (name, text) in &mods {
+        let mut sources = SourceMap::new();
+        let id = sources.add(format!("{name}.rlo"), text.clone());
+        let ast = match rlo_grammar::parse(text, id) {
+            Ok(a) => a,
+            Err(d) => {
+                println!(
+                    "{}",
+                    rlo_grammar::diagnostic::render_all(&d, &sources, false)
+                );
+                continue;
+            }
+        };
+        let objs: Vec<String> = ast
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                ast::Item::Objective(o) => Some(o.name.name.clone()),
+                _ => None,
+            })
+            .collect();
+        if objs.is_empty() {
+            let src = format!(
+                "use std::{name}::*\nobjective t() {{ input x: tok diff\n loss batch_mean(x) }}"
+            );
+            let mut s2 = SourceMap::new();
+            let id = s2.add("t.rlo", src.clone());
+            let a = rlo_grammar::parse(&src, id).unwrap();
+            match analyze(&a, &mut s2, &opts) {
+                Ok(_) => println!("ok module {name}"),
+                Err(d) => println!("{}", rlo_grammar::diagnostic::render_all(&d, &s2, false)),
+            }
+        }
+        for o in objs {
+            let opts = Options {
+                objective: Some(o.clone()),
+                extra_modules: mods.clone(),
+            };
+            let mut s2 = sources.clone();
+            match analyze(&ast, &mut s2, &opts) {
+                Ok(c) => println!(
+                    "ok {name}::{o} ({} nodes, {} warnings)",
+                    c.module.exprs.len(),
+                    c.warnings.len()
+                ),
+                Err(d) => println!("{}", rlo_grammar::diagnostic::render_all(&d, &s2, false)),
+            }
+        }
+    }
+}
