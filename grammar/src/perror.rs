@@ -54,7 +54,8 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::kw_loss
         | Rule::kw_metric
         | Rule::kw_output => "a statement (`input`, `let`, `loss`, `metric`, `output`)",
-        Rule::use_decl
+        Rule::file
+        | Rule::use_decl
         | Rule::fn_decl
         | Rule::objective_decl
         | Rule::kw_use
@@ -189,10 +190,9 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
         );
     }
 
-    // "an operator" is noise when a statement/item/`}` was the real alternative; keep it only
-    // when nothing else is expected.
+    // `:` (after a would-be argument name) and "an argument" only help when alone.
     if expected.len() > 1 {
-        expected.retain(|e| e != "an operator" && e != "an argument");
+        expected.retain(|e| e != "`:`" && e != "an argument");
     }
     if expected.is_empty() {
         expected.push("something else".to_string());
@@ -210,6 +210,19 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
     let fn_body = expected.iter().any(|e| e.starts_with("a statement")) && wants_expr;
     if fn_body && found == "`}`" {
         d = d.with_help("a `fn` body ends with the expression it returns");
+    }
+    let stmt_kw = ["input", "let", "loss", "metric", "output"].contains(&word.as_str());
+    if stmt_kw && expected.iter().any(|e| e.starts_with("an item")) {
+        d = d.with_help("statements go inside an `objective name() { ... }`");
+    }
+    let before = src.get(..pos).unwrap_or("");
+    if found == "`(`"
+        && before.ends_with([' ', '\t'])
+        && before
+            .trim_end()
+            .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    {
+        d = d.with_help("in a call, `(` follows the function name directly: `f(x)`");
     }
     if found == "`&`" || found == "`|`" {
         d = d.with_help("the logical operators are `&&` and `||`");
