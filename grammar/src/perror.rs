@@ -209,7 +209,18 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
     }
     let fn_body = expected.iter().any(|e| e.starts_with("a statement")) && wants_expr;
     if fn_body && found == "`}`" {
-        d = d.with_help("a `fn` body ends with the expression it returns");
+        d = match minus_continuation(src, pos) {
+            Some(line) => d
+                .with_secondary(
+                    Span::new(file, line, line + 1),
+                    "this `-` continues the expression of the line above",
+                )
+                .with_help(
+                    "a newline does not end an expression; to start the result with a minus, \
+                     wrap it in parentheses: `(-x * y)`",
+                ),
+            None => d.with_help("a `fn` body ends with the expression it returns"),
+        };
     }
     let stmt_kw = ["input", "let", "loss", "metric", "output"].contains(&word.as_str());
     if stmt_kw && expected.iter().any(|e| e.starts_with("an item")) {
@@ -231,6 +242,22 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
         d = d.with_help("use `==` to compare");
     }
     d
+}
+
+/// The `-` starting a line between the last `let` before `pos` and `pos`, if any: the usual
+/// reason a fn body "has no result" (the result line continued the last `let`).
+fn minus_continuation(src: &str, pos: usize) -> Option<usize> {
+    let before = src.get(..pos)?;
+    let from = before.rfind("let ")?;
+    let mut offset = from;
+    for line in before.get(from..)?.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('-') {
+            return Some(offset + (line.len() - t.len()));
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// Rules that name what may come next (not the enclosing construct being parsed).
