@@ -123,3 +123,32 @@ impl Schedule {
 
 mod algo;
 pub use algo::{needed, schedule, structural};
+
+/// Stable text of a schedule (`rloc emit schedule`, snapshots): one line per stage, then the
+/// materialized values.
+pub fn display_schedule(m: &Module, s: &Schedule) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "schedule {}: {} token pass(es), {} stage(s)",
+        m.name,
+        s.token_passes(),
+        s.stages.len()
+    );
+    let mut pass = 0;
+    for st in &s.stages {
+        let label = match st.kind {
+            StageKind::TokenPass => {
+                pass += 1;
+                format!("pass {}", pass - 1)
+            }
+            StageKind::Small => "small".to_string(),
+        };
+        let nodes: Vec<String> = st.nodes.iter().map(|h| h.to_string()).collect();
+        let _ = writeln!(out, "  {label:<7} [{}] {}", st.nodes.len(), nodes.join(" "));
+    }
+    let mat: Vec<String> = s.materialized(m).iter().map(|h| h.to_string()).collect();
+    let _ = writeln!(out, "  materialized: {}", mat.join(" "));
+    out
+}
