@@ -109,3 +109,15 @@ fn collects_several_errors() {
         "objective o() {\n input x: tok diff\n let a = y\n loss seq_mean(x)\n metric m = x\n}";
     assert_eq!(errors(src), vec!["E0101", "E0217", "E0218"]);
 }
+
+#[test]
+fn deepest_accepted_expressions_check_fine() {
+    // The parser bounds nesting (MAX_NESTING); the checker's recursion stays within it.
+    let chain = vec!["x"; 200].join(" + ");
+    let neg = "-".repeat(200);
+    let src = format!(
+        "objective o() {{\n input x: tok diff\n let a = {chain}\n let b = {neg}x\n loss batch_mean(a + b)\n}}"
+    );
+    let m = ok(&src);
+    assert_eq!(m.ty(m.loss), Ty::new(Level::Batch, DType::F32));
+}
