@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod microbatch;
+pub mod split_plan;
 pub mod tensor;
 pub mod write;
 
