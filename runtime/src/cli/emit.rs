@@ -18,7 +18,7 @@ pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<Ex
         return match rlo_grammar::parse(&text, id) {
             Ok(ast) => {
                 let json = serde_json::to_string_pretty(&ast).map_err(|e| e.to_string())?;
-                println!("{json}");
+                outln!("{json}");
                 Ok(ExitCode::SUCCESS)
             }
             Err(diags) => Err(
@@ -44,7 +44,7 @@ pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<Ex
             )
         }
     };
-    print!("{text}");
+    out!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -115,12 +115,12 @@ fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap, format: MessageF
     match format {
         MessageFormat::Human => {
             for d in diags {
-                eprint!("{}", d.render(sources, color()));
+                err!("{}", d.render(sources, color()));
             }
         }
         MessageFormat::Json => {
             for d in diags {
-                println!("{}", d.to_json(sources));
+                outln!("{}", d.to_json(sources));
             }
         }
     }
@@ -169,7 +169,7 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
         let text = match read_source(path) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 failed = true;
                 continue;
             }
@@ -203,7 +203,7 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
                         .collect();
                     match format {
                         MessageFormat::Human => {
-                            eprint!(
+                            err!(
                                 "{}",
                                 rlo_grammar::diagnostic::render_all(&fresh, &f.sources, color())
                             )
@@ -228,7 +228,7 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
         let text = match read_source(path) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 failed = true;
                 continue;
             }
@@ -238,7 +238,7 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
         let ast = match rlo_grammar::parse(&text, id) {
             Ok(a) => a,
             Err(diags) => {
-                eprint!(
+                err!(
                     "{}",
                     rlo_grammar::diagnostic::render_all(&diags, &sources, color())
                 );
@@ -251,16 +251,16 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
             if check_only {
                 unformatted.push(path.display().to_string());
             } else if let Err(e) = std::fs::write(path, formatted) {
-                eprintln!("error: {}: {e}", path.display());
+                errln!("error: {}: {e}", path.display());
                 failed = true;
             }
         }
     }
     for f in &unformatted {
-        println!("{f}");
+        outln!("{f}");
     }
     if !unformatted.is_empty() {
-        eprintln!(
+        errln!(
             "{} file{} not formatted (run `rloc fmt` to fix)",
             unformatted.len(),
             if unformatted.len() == 1 {

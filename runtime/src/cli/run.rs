@@ -80,9 +80,9 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
 
     let m = &obj.compiled.module;
-    println!("loss = {}", eval.loss);
+    outln!("loss = {}", eval.loss);
     for (metric, v) in m.metrics.iter().zip(&eval.metrics) {
-        println!("metric.{} = {v}", metric.name);
+        outln!("metric.{} = {v}", metric.name);
     }
     let dtype = if a.f64 {
         safetensors::Dtype::F64
