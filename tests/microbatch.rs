@@ -153,6 +153,7 @@ fn stdlib_objectives() -> Vec<(String, String, Objective)> {
                 );
                 let opts = rlo_compiler::Options {
                     objective: Some(name.clone()),
+                    ..Default::default()
                 };
                 match Objective::compile(&file, &text, &opts) {
                     Ok(obj) => out.push((file, name, obj)),

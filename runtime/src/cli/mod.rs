@@ -132,7 +132,10 @@ pub fn compile_file(
     objective: Option<String>,
 ) -> Result<rlo_runtime::Objective, String> {
     let text = read_source(path)?;
-    let opts = rlo_compiler::Options { objective };
+    let opts = rlo_compiler::Options {
+        objective,
+        ..Default::default()
+    };
     match rlo_runtime::Objective::compile(&path.display().to_string(), &text, &opts) {
         Ok(obj) => {
             print_diagnostics(
@@ -183,7 +186,10 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
         }
         let mut seen = std::collections::BTreeSet::new();
         for objective in targets {
-            let opts = rlo_compiler::Options { objective };
+            let opts = rlo_compiler::Options {
+                objective,
+                ..Default::default()
+            };
             match rlo_compiler::compile(&name, &text, &opts) {
                 Ok(c) => {
                     let fresh: Vec<Diagnostic> = c
