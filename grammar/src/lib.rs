@@ -5,10 +5,15 @@
 
 pub mod ast;
 pub mod diagnostic;
+mod dump;
 pub mod fmt;
 mod parse;
+mod perror;
+mod scan;
 pub mod span;
 
 pub use diagnostic::{Diagnostic, Label, Severity};
-pub use parse::{parse, MAX_NESTING};
+pub use dump::{ast_dump, expr_dump};
+pub use parse::parse;
+pub use scan::MAX_NESTING;
 pub use span::{FileId, SourceFile, SourceMap, Span};
