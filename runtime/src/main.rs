@@ -45,8 +45,12 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::dispatch(args) {
         Ok(code) => code,
-        Err(message) => {
+        Err(cli::CliError::Plain(message)) => {
             errln!("error: {message}");
+            ExitCode::from(1)
+        }
+        Err(cli::CliError::Rendered(diagnostics)) => {
+            err!("{diagnostics}");
             ExitCode::from(1)
         }
     }

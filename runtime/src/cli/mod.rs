@@ -84,7 +84,21 @@ pub enum EmitKind {
     Clif,
 }
 
-pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+/// A failure of a subcommand: a plain message (`main` prefixes `error: `) or diagnostics already
+/// rendered against their source.
+#[derive(Debug)]
+pub enum CliError {
+    Plain(String),
+    Rendered(String),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> CliError {
+        CliError::Plain(s)
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Check {
             files,
@@ -130,7 +144,7 @@ fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap, format: MessageF
 pub fn compile_file(
     path: &Path,
     objective: Option<String>,
-) -> Result<rlo_runtime::Objective, String> {
+) -> Result<rlo_runtime::Objective, CliError> {
     let text = read_source(path)?;
     let opts = rlo_compiler::Options {
         objective,
@@ -145,7 +159,7 @@ pub fn compile_file(
             );
             Ok(obj)
         }
-        Err(f) => Err(f.render(color()).trim_end().to_string()),
+        Err(f) => Err(CliError::Rendered(f.render(color()))),
     }
 }
 
@@ -169,7 +183,7 @@ fn objective_names(text: &str) -> Vec<String> {
 /// The front end's "the file has no objective" (E0303).
 const NO_OBJECTIVE: &str = "E0303";
 
-fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
+fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, CliError> {
     let mut failed = false;
     for path in files {
         let text = match read_source(path) {
@@ -237,7 +251,7 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
     })
 }
 
-fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
+fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, CliError> {
     let mut failed = false;
     let mut unformatted = Vec::new();
     for path in files {
