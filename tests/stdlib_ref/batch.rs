@@ -299,7 +299,3 @@ impl Ctx<'_> {
     }
 }
 
-/// Lifts plain values to constants.
-pub fn consts(v: &[f64]) -> Vec<D> {
-    v.iter().map(|&x| c(x)).collect()
-}
