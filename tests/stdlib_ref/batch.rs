@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rlo_compiler::{Batch, Layout};
 
-use super::dual::{c, D};
+use super::dual::D;
 
 /// A tiny deterministic generator (splitmix64), so batches do not depend on any crate's RNG.
 pub struct Rng(u64);
