@@ -63,7 +63,8 @@ impl Check {
         self.compared += 1;
         let s = scaled(got, want);
         if s.is_nan() || !close(got, want) {
-            self.errors.push(format!("{what}: interpreter {got:e}, reference {want:e}"));
+            self.errors
+                .push(format!("{what}: interpreter {got:e}, reference {want:e}"));
         } else {
             self.worst = self.worst.max(s);
         }
@@ -83,7 +84,10 @@ fn bind(pad: &Pad, c: &Compiled) -> Batch {
     let names: Vec<&str> = c.module.inputs.iter().map(|i| i.name.as_str()).collect();
     batch.values.retain(|k, _| names.contains(&k.as_str()));
     for n in names {
-        assert!(batch.values.contains_key(n), "the generator has no input {n}");
+        assert!(
+            batch.values.contains_key(n),
+            "the generator has no input {n}"
+        );
     }
     batch
 }
@@ -100,10 +104,18 @@ fn check_source(name: &str, text: &str) {
 
     // Parameters: same names, and the .rlo defaults are the frameworks' (the reference's).
     let mut errors = Vec::new();
-    let declared: BTreeMap<&str, f64> = m.params.iter().map(|p| (p.name.as_str(), p.default)).collect();
+    let declared: BTreeMap<&str, f64> = m
+        .params
+        .iter()
+        .map(|p| (p.name.as_str(), p.default))
+        .collect();
     let expected: BTreeMap<&str, f64> = r.params.iter().copied().collect();
     if declared.keys().collect::<Vec<_>>() != expected.keys().collect::<Vec<_>>() {
-        errors.push(format!("parameters: .rlo {:?}, reference {:?}", declared.keys(), expected.keys()));
+        errors.push(format!(
+            "parameters: .rlo {:?}, reference {:?}",
+            declared.keys(),
+            expected.keys()
+        ));
     }
     for (k, v) in &expected {
         if let Some(d) = declared.get(k) {
@@ -112,25 +124,41 @@ fn check_source(name: &str, text: &str) {
             }
         }
     }
-    let diff_inputs: Vec<String> = m.grads.iter().map(|g| m.inputs[g.input as usize].name.clone()).collect();
+    let diff_inputs: Vec<String> = m
+        .grads
+        .iter()
+        .map(|g| m.inputs[g.input as usize].name.clone())
+        .collect();
     let mut want_diff: Vec<String> = r.diff.iter().map(|s| s.to_string()).collect();
     want_diff.sort();
     let mut got_diff = diff_inputs.clone();
     got_diff.sort();
     if got_diff != want_diff {
-        errors.push(format!("diff inputs: .rlo {got_diff:?}, reference {want_diff:?}"));
+        errors.push(format!(
+            "diff inputs: .rlo {got_diff:?}, reference {want_diff:?}"
+        ));
     }
     assert!(errors.is_empty(), "{name}:\n{}", errors.join("\n"));
 
-    let mut chk = Check { errors: Vec::new(), worst: 0.0, compared: 0 };
-    let cases: Vec<&[(&str, f64)]> = std::iter::once(&[][..]).chain(r.cases.iter().copied()).collect();
+    let mut chk = Check {
+        errors: Vec::new(),
+        worst: 0.0,
+        compared: 0,
+    };
+    let cases: Vec<&[(&str, f64)]> = std::iter::once(&[][..])
+        .chain(r.cases.iter().copied())
+        .collect();
     for seed in SEEDS {
         let pad = generate(seed, r.shape);
         let batch = bind(&pad, &c);
         for (ci, case) in cases.iter().enumerate() {
-            let mut params: BTreeMap<String, f64> = r.params.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+            let mut params: BTreeMap<String, f64> =
+                r.params.iter().map(|&(k, v)| (k.to_string(), v)).collect();
             for &(k, v) in case.iter() {
-                assert!(params.insert(k.to_string(), v).is_some(), "{name}: case sets unknown {k}");
+                assert!(
+                    params.insert(k.to_string(), v).is_some(),
+                    "{name}: case sets unknown {k}"
+                );
             }
             let pvec: Vec<f64> = m.params.iter().map(|p| params[&p.name]).collect();
             let at = format!("{name} seed {seed} case {ci} {case:?}");
@@ -141,7 +169,11 @@ fn check_source(name: &str, text: &str) {
                     continue;
                 }
             };
-            let ctx = |seed_at| Ctx { b: &pad, params: &params, seed: seed_at };
+            let ctx = |seed_at| Ctx {
+                b: &pad,
+                params: &params,
+                seed: seed_at,
+            };
             let out = (r.f)(&ctx(None));
             chk.cmp(&format!("{at}: loss"), ev.loss, out.loss.v);
             for (gi, g) in m.grads.iter().enumerate() {
@@ -150,12 +182,19 @@ fn check_source(name: &str, text: &str) {
                 for i in 0..pad.b() {
                     for t in 0..pad.len[i] {
                         let d = (r.f)(&ctx(Some((input, i, t)))).loss.d;
-                        chk.cmp(&format!("{at}: d loss/d {input}[{i}][{t}]"), ev.grads[gi][k], d);
+                        chk.cmp(
+                            &format!("{at}: d loss/d {input}[{i}][{t}]"),
+                            ev.grads[gi][k],
+                            d,
+                        );
                         k += 1;
                     }
                 }
                 if ev.grads[gi].len() != k {
-                    chk.errors.push(format!("{at}: gradient of {input} has {} values, {k} tokens", ev.grads[gi].len()));
+                    chk.errors.push(format!(
+                        "{at}: gradient of {input} has {} values, {k} tokens",
+                        ev.grads[gi].len()
+                    ));
                 }
             }
             let ref_metrics: BTreeMap<&str, f64> = out.metrics.iter().copied().collect();
@@ -163,7 +202,10 @@ fn check_source(name: &str, text: &str) {
             let mut a = mod_metrics.clone();
             a.sort();
             if a != ref_metrics.keys().copied().collect::<Vec<_>>() {
-                chk.errors.push(format!("{at}: metrics .rlo {a:?}, reference {:?}", ref_metrics.keys()));
+                chk.errors.push(format!(
+                    "{at}: metrics .rlo {a:?}, reference {:?}",
+                    ref_metrics.keys()
+                ));
             }
             for (mi, mname) in mod_metrics.iter().enumerate() {
                 if let Some(&want) = ref_metrics.get(mname) {
@@ -187,14 +229,21 @@ fn check_source(name: &str, text: &str) {
             }
         }
     }
-    eprintln!("{name}: {} values compared, worst scaled difference {:.2e}", chk.compared, chk.worst);
+    eprintln!(
+        "{name}: {} values compared, worst scaled difference {:.2e}",
+        chk.compared, chk.worst
+    );
     let shown: Vec<&String> = chk.errors.iter().take(25).collect();
     assert!(
         chk.errors.is_empty(),
         "{name}: {} of {} comparisons disagree:\n{}",
         chk.errors.len(),
         chk.compared,
-        shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        shown
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -208,9 +257,37 @@ macro_rules! objective_tests {
 }
 
 objective_tests!(
-    grpo, dapo, gspo, gspo_token, ppo, dr_grpo, bnpo, gmpo, cispo, sapo, gpg, luspo, vespo,
-    grpo_entropy, rloo, reinforce_pp, opo, passk, riskpo, cvar_pg, rs_grpo, clip_cov, kl_cov,
-    dph_rl, igpo, dpo, ipo, simpo, kto, orpo, f_dpo,
+    grpo,
+    dapo,
+    gspo,
+    gspo_token,
+    ppo,
+    dr_grpo,
+    bnpo,
+    gmpo,
+    cispo,
+    sapo,
+    gpg,
+    luspo,
+    vespo,
+    grpo_entropy,
+    rloo,
+    reinforce_pp,
+    opo,
+    passk,
+    riskpo,
+    cvar_pg,
+    rs_grpo,
+    clip_cov,
+    kl_cov,
+    dph_rl,
+    igpo,
+    dpo,
+    ipo,
+    simpo,
+    kto,
+    orpo,
+    f_dpo,
 );
 
 /// The library functions no objective uses, through one test objective.
@@ -225,24 +302,36 @@ fn library_functions() {
 fn every_stdlib_file_checks() {
     let mut errors = Vec::new();
     let mut objectives = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(stdlib_dir()).expect("stdlib/ exists").flatten().collect();
+    let mut entries: Vec<_> = std::fs::read_dir(stdlib_dir())
+        .expect("stdlib/ exists")
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.path());
     for e in entries {
         let p = e.path();
         if p.extension().and_then(|x| x.to_str()) != Some("rlo") {
             continue;
         }
-        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let stem = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
         let text = std::fs::read_to_string(&p).expect("readable");
         let mut sources = rlo_grammar::SourceMap::new();
         let file = sources.add(&format!("stdlib/{stem}.rlo"), &text);
         match rlo_grammar::parse(&text, file) {
             Err(d) => errors.push(rlo_grammar::diagnostic::render_all(&d, &sources, false)),
             Ok(ast) => {
-                let is_objective = ast.items.iter().any(|i| matches!(i, rlo_grammar::ast::Item::Objective(_)));
+                let is_objective = ast
+                    .items
+                    .iter()
+                    .any(|i| matches!(i, rlo_grammar::ast::Item::Objective(_)));
                 if is_objective {
                     objectives.push(stem.clone());
-                    if let Err(f) = compile(&format!("stdlib/{stem}.rlo"), &text, &Options::default()) {
+                    if let Err(f) =
+                        compile(&format!("stdlib/{stem}.rlo"), &text, &Options::default())
+                    {
                         errors.push(f.render(false));
                     }
                 }
@@ -252,10 +341,16 @@ fn every_stdlib_file_checks() {
     let refs: Vec<&str> = stdlib_ref::all().iter().map(|r| r.name).collect();
     for o in &objectives {
         if !refs.contains(&o.as_str()) {
-            errors.push(format!("objective {o} has no reference in tests/stdlib_ref"));
+            errors.push(format!(
+                "objective {o} has no reference in tests/stdlib_ref"
+            ));
         }
     }
-    assert!(objectives.len() >= 31, "only {} objectives found", objectives.len());
+    assert!(
+        objectives.len() >= 31,
+        "only {} objectives found",
+        objectives.len()
+    );
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 

@@ -53,7 +53,12 @@ fn st_k2(lp: D, rf: f64, f: D) -> D {
 
 fn loss(x: &Ctx) -> D {
     let b = x.b;
-    let (lp, old, rf, ro) = (x.tok("logp"), x.tokv("old_logp"), x.tokv("ref_logp"), x.tokv("rollout_logp"));
+    let (lp, old, rf, ro) = (
+        x.tok("logp"),
+        x.tokv("old_logp"),
+        x.tokv("ref_logp"),
+        x.tokv("rollout_logp"),
+    );
     let seq_w: Vec<(f64, f64)> = (0..b.b())
         .map(|i| {
             let s: f64 = (0..b.len[i]).map(|t| lp[i][t].v - ro[i][t]).sum();
@@ -65,19 +70,34 @@ fn loss(x: &Ctx) -> D {
         let (l, r) = (lp[i][t], rf[i][t]);
         let d = l - r;
         let k3v = k3(l, r, true);
-        let kl = d + 2.0 * d.abs() + 3.0 * (0.5 * d.sq()) + 5.0 * st_k2(l, r, d) + 7.0 * st_k2(l, r, k3v)
+        let kl = d
+            + 2.0 * d.abs()
+            + 3.0 * (0.5 * d.sq())
+            + 5.0 * st_k2(l, r, d)
+            + 7.0 * st_k2(l, r, k3v)
             + 11.0 * st_k2(l, r, d.abs())
             + 0.01 * (k3(l, r, false) * (l - old[i][t]).exp())
             + 17.0 * d.exp_m1().sq()
             + 19.0 * (0.5 * d.exp_m1().abs())
             + 23.0 * (0.5 * (0.5 * d).exp_m1().sq());
         let wt = (l.v - ro[i][t]).clamp(-20.0, 20.0).exp();
-        let w = wt.min(1.05) + 2.0 * if (0.9..=1.1).contains(&wt) { wt } else { 0.0 } + 3.0 * seq_w[i].0
+        let w = wt.min(1.05)
+            + 2.0 * if (0.9..=1.1).contains(&wt) { wt } else { 0.0 }
+            + 3.0 * seq_w[i].0
             + 4.0 * seq_w[i].1;
         kl + w * l
     });
-    let grpo_norm = mean(&(0..b.b()).map(|i| sum(&per[i]) / b.len[i].max(1) as f64).collect::<Vec<_>>());
-    grpo_norm + mean(&(0..b.b()).map(|i| sum(&lp[i]) / b.len[i] as f64).collect::<Vec<_>>())
+    let grpo_norm = mean(
+        &(0..b.b())
+            .map(|i| sum(&per[i]) / b.len[i].max(1) as f64)
+            .collect::<Vec<_>>(),
+    );
+    grpo_norm
+        + mean(
+            &(0..b.b())
+                .map(|i| sum(&lp[i]) / b.len[i] as f64)
+                .collect::<Vec<_>>(),
+        )
 }
 
 fn libfns(x: &Ctx) -> Out {
@@ -88,11 +108,18 @@ fn libfns(x: &Ctx) -> Out {
     let rd = cs(&r);
     let mu = group_bcast(b, &rd, mean);
     let sd_b = std(&rd, true).v;
-    let lite: Vec<f64> = (0..b.b()).map(|i| (r[i] - mu[i].v) / (sd_b + 1e-4)).collect();
+    let lite: Vec<f64> = (0..b.b())
+        .map(|i| (r[i] - mu[i].v) / (sd_b + 1e-4))
+        .collect();
     let z = |v: &[f64]| -> Vec<f64> {
         let vd = cs(v);
-        let (m, s) = (group_bcast(b, &vd, mean), group_bcast(b, &vd, |xs| std(xs, true)));
-        (0..b.b()).map(|i| (v[i] - m[i].v) / (s[i].v + 1e-4)).collect()
+        let (m, s) = (
+            group_bcast(b, &vd, mean),
+            group_bcast(b, &vd, |xs| std(xs, true)),
+        );
+        (0..b.b())
+            .map(|i| (v[i] - m[i].v) / (s[i].v + 1e-4))
+            .collect()
     };
     let cf: Vec<f64> = corr.iter().map(|&k| f64::from(k)).collect();
     let (z1, z2) = (z(&r), z(&cf));
@@ -109,7 +136,11 @@ fn libfns(x: &Ctx) -> Out {
             let d = alive.iter().filter(|&&j| corr[j]).count() as f64;
             let hh = alive.iter().filter(|&&j| !corr[j]).count() as f64;
             let sp: f64 = alive.iter().filter(|&&j| corr[j]).map(|&j| h[j][t]).sum();
-            let sn: f64 = alive.iter().filter(|&&j| !corr[j]).map(|&j| 1.0 / h[j][t]).sum();
+            let sn: f64 = alive
+                .iter()
+                .filter(|&&j| !corr[j])
+                .map(|&j| 1.0 / h[j][t])
+                .sum();
             rt[i][t] = if corr[i] {
                 r[i] + 0.1 * (h[i][t] / sp * d)
             } else {
@@ -135,7 +166,9 @@ fn libfns(x: &Ctx) -> Out {
     }
     let hq = quantile(&cs(&h.concat()), 0.3).v;
     let top: Vec<f64> = h.concat().iter().map(|&v| f64::from(v >= hq)).collect();
-    let disc: Vec<f64> = (0..b.b()).flat_map(|i| (0..b.len[i]).map(|t| 0.9f64.powi(t as i32))).collect();
+    let disc: Vec<f64> = (0..b.b())
+        .flat_map(|i| (0..b.len[i]).map(|t| 0.9f64.powi(t as i32)))
+        .collect();
     let mut cvar_up = vec![0.0; b.b()];
     let mut rank_pen = vec![0.0; b.b()];
     let old = x.tokv("old_logp");
@@ -143,10 +176,15 @@ fn libfns(x: &Ctx) -> Out {
         let m = b.members(g);
         let v: Vec<f64> = m.iter().map(|&i| r[i]).collect();
         let q = quantile(&cs(&v), 0.7).v;
-        let ml: Vec<f64> = m.iter().map(|&i| old[i].iter().sum::<f64>() / b.len[i] as f64).collect();
+        let ml: Vec<f64> = m
+            .iter()
+            .map(|&i| old[i].iter().sum::<f64>() / b.len[i] as f64)
+            .collect();
         for (k, &i) in m.iter().enumerate() {
             cvar_up[i] = (r[i] - q).max(0.0) / (1.0 - 0.7);
-            let rank = (0..m.len()).filter(|&j| ml[j] < ml[k] || (ml[j] == ml[k] && j < k)).count() as f64;
+            let rank = (0..m.len())
+                .filter(|&j| ml[j] < ml[k] || (ml[j] == ml[k] && j < k))
+                .count() as f64;
             rank_pen[i] = r[i] * (1.0 - 0.25 * rank / m.len() as f64);
         }
     }
@@ -173,7 +211,11 @@ fn libfns(x: &Ctx) -> Out {
             let m = b.members(b.group[i]);
             let ret = &ret;
             (0..b.len[i]).map(move |t| {
-                let alive: Vec<f64> = m.iter().filter(|&&j| b.len[j] > t).map(|&j| ret[j][t]).collect();
+                let alive: Vec<f64> = m
+                    .iter()
+                    .filter(|&&j| b.len[j] > t)
+                    .map(|&j| ret[j][t])
+                    .collect();
                 ret[i][t] - alive.iter().sum::<f64>() / alive.len() as f64
             })
         })
@@ -195,5 +237,12 @@ fn libfns(x: &Ctx) -> Out {
 }
 
 pub fn refs() -> Vec<Ref> {
-    vec![Ref { name: "libfns", shape: Shape::Turns, params: &[], diff: &["logp"], f: libfns, cases: &[] }]
+    vec![Ref {
+        name: "libfns",
+        shape: Shape::Turns,
+        params: &[],
+        diff: &["logp"],
+        f: libfns,
+        cases: &[],
+    }]
 }

@@ -44,7 +44,9 @@ fn extreme(xs: &[D], better: impl Fn(f64, f64) -> bool) -> D {
     let Some(first) = xs.first() else {
         return c(0.0);
     };
-    let best = xs.iter().fold(first.v, |m, x| if better(x.v, m) { x.v } else { m });
+    let best = xs
+        .iter()
+        .fold(first.v, |m, x| if better(x.v, m) { x.v } else { m });
     let tied: Vec<D> = xs.iter().copied().filter(|x| x.v == best).collect();
     D {
         v: best,
@@ -106,7 +108,9 @@ pub fn agg(b: &Pad, x: &Tok, mode: f64) -> D {
 
 /// Token-level values from a per-token closure.
 pub fn map_tok(b: &Pad, f: impl Fn(usize, usize) -> D) -> Tok {
-    (0..b.b()).map(|i| (0..b.len[i]).map(|t| f(i, t)).collect()).collect()
+    (0..b.b())
+        .map(|i| (0..b.len[i]).map(|t| f(i, t)).collect())
+        .collect()
 }
 
 /// Fraction of valid tokens where `f` holds.
