@@ -407,8 +407,8 @@ impl<'p> Checker<'p> {
                 let x = x?;
                 let xl = self.b.level(x);
                 let filter_slot = if kind == RedKind::Quantile { 2 } else { 1 };
-                let filter = arg(filter_slot)
-                    .map(|(f, fs)| (self.boolean(f, fs, "a `where:` filter"), fs));
+                let filter =
+                    arg(filter_slot).map(|(f, fs)| (self.boolean(f, fs, "a `where:` filter"), fs));
                 let mut ok = true;
                 if xl >= to {
                     self.error(FrontError::ReduceNotUp {

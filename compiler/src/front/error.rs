@@ -75,10 +75,7 @@ pub enum FrontError {
         arg: Level,
     },
     #[error("expected bool")]
-    ExpectedBool {
-        span: Span,
-        context: &'static str,
-    },
+    ExpectedBool { span: Span, context: &'static str },
     #[error("branches differ")]
     BranchMismatch {
         span: Span,
@@ -147,11 +144,7 @@ pub enum FrontError {
     #[error("loss must be a batch value")]
     LossLevel { span: Span, found: Ty },
     #[error("metric must be a batch value")]
-    MetricLevel {
-        span: Span,
-        name: String,
-        found: Ty,
-    },
+    MetricLevel { span: Span, name: String, found: Ty },
     #[error("parameter type")]
     ParamDefaultType { span: Span, expected: DType },
 
@@ -532,21 +525,35 @@ impl FrontError {
 // Keep errors small enough to move around cheaply (naga's size check).
 const _: () = assert!(std::mem::size_of::<FrontError>() <= 96);
 
-/// Edit distance between two names (for "did you mean").
+/// Edit distance between two names (optimal string alignment: insertions, deletions,
+/// substitutions and transpositions of adjacent characters each cost 1), for "did you mean".
 pub fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev.get(j).copied().unwrap_or(0) + usize::from(ca != *cb);
-            let del = prev.get(j + 1).copied().unwrap_or(0) + 1;
-            let ins = cur.get(j).copied().unwrap_or(0) + 1;
-            cur.push(sub.min(del).min(ins));
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    let at = |i: usize, j: usize| i * w + j;
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            let v = if i == 0 || j == 0 {
+                i + j
+            } else {
+                let get = |k: usize| d.get(k).copied().unwrap_or(usize::MAX - 1);
+                let cost = usize::from(a.get(i - 1) != b.get(j - 1));
+                let mut v = (get(at(i - 1, j)) + 1)
+                    .min(get(at(i, j - 1)) + 1)
+                    .min(get(at(i - 1, j - 1)) + cost);
+                if i > 1 && j > 1 && a.get(i - 1) == b.get(j - 2) && a.get(i - 2) == b.get(j - 1) {
+                    v = v.min(get(at(i - 2, j - 2)) + 1);
+                }
+                v
+            };
+            if let Some(slot) = d.get_mut(at(i, j)) {
+                *slot = v;
+            }
         }
-        prev = cur;
     }
-    prev.last().copied().unwrap_or(0)
+    d.get(at(a.len(), b.len())).copied().unwrap_or(0)
 }
 
 /// The closest candidate within a distance of a third of the name's length (at least 1).
@@ -571,6 +578,9 @@ mod tests {
         assert_eq!(levenshtein("", "abc"), 3);
         assert_eq!(suggest("ratoi", ["ratio", "reward"]), Some("ratio".into()));
         assert_eq!(suggest("xyz", ["ratio", "reward"]), None);
-        assert_eq!(suggest("grup_mean", ["group_mean", "group_max"]), Some("group_mean".into()));
+        assert_eq!(
+            suggest("grup_mean", ["group_mean", "group_max"]),
+            Some("group_mean".into())
+        );
     }
 }

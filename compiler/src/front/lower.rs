@@ -345,23 +345,21 @@ impl Builder {
                     None => self.konst(0.5, span),
                 };
                 let filter = filter.map(|f| self.broadcast(f, level, span));
-                self.add(
-                    Expr::Quantile {
-                        arg,
-                        q,
-                        to,
-                        filter,
-                    },
-                    f32_at(to),
-                    span,
-                )
+                self.add(Expr::Quantile { arg, q, to, filter }, f32_at(to), span)
             }
         }
     }
 
     /// Two-pass variance: `sum((x - mean)^2) / max(n - u, 1)` with `u = 1` when unbiased.
     /// A set of one element (unbiased) or none gives 0, never NaN.
-    fn variance(&mut self, arg: H, to: Level, filter: Option<H>, unbiased: Option<H>, span: Span) -> H {
+    fn variance(
+        &mut self,
+        arg: H,
+        to: Level,
+        filter: Option<H>,
+        unbiased: Option<H>,
+        span: Span,
+    ) -> H {
         let arg = self.to_f32(arg, span);
         let level = self.level(arg);
         let mean = self.reduce(RedKind::Mean, arg, to, filter, None, span);
@@ -437,18 +435,16 @@ impl Builder {
                 // n >= 1 always (the token's own sequence is alive at its position).
                 self.safe_div_count(s, n, span)
             }
-            RedKind::Sum
-            | RedKind::Std
-            | RedKind::Var
-            | RedKind::LogSumExp
-            | RedKind::Quantile => self.add(
-                Expr::PosReduce {
-                    op: ReduceOp::Sum,
-                    arg,
-                },
-                tok,
-                span,
-            ),
+            RedKind::Sum | RedKind::Std | RedKind::Var | RedKind::LogSumExp | RedKind::Quantile => {
+                self.add(
+                    Expr::PosReduce {
+                        op: ReduceOp::Sum,
+                        arg,
+                    },
+                    tok,
+                    span,
+                )
+            }
         }
     }
 
@@ -479,11 +475,9 @@ impl Builder {
     pub fn structural(&mut self, s: Structural, span: Span) -> H {
         match s {
             Structural::Pos => self.add(Expr::Index(IndexKind::Pos), f32_at(Level::Tok), span),
-            Structural::TurnIndex => self.add(
-                Expr::Index(IndexKind::TurnIndex),
-                f32_at(Level::Turn),
-                span,
-            ),
+            Structural::TurnIndex => {
+                self.add(Expr::Index(IndexKind::TurnIndex), f32_at(Level::Turn), span)
+            }
             Structural::SeqLen => self.count(Level::Tok, Level::Seq, None, span),
             Structural::TurnLen => self.count(Level::Tok, Level::Turn, None, span),
             Structural::SeqTurns => self.count(Level::Turn, Level::Seq, None, span),

@@ -98,7 +98,12 @@ impl Loader<'_> {
     fn known_modules(&self) -> Vec<String> {
         crate::stdlib::module_names()
             .map(|n| format!("std::{n}"))
-            .chain(self.opts.extra_modules.iter().map(|(n, _)| format!("std::{n}")))
+            .chain(
+                self.opts
+                    .extra_modules
+                    .iter()
+                    .map(|(n, _)| format!("std::{n}")),
+            )
             .collect()
     }
 
@@ -288,10 +293,8 @@ pub fn resolve(
                         };
                         match m.scope.get(&id.name) {
                             Some(&other) if other != f => {
-                                let first = fns
-                                    .get(other)
-                                    .map(|f| f.decl.name.span)
-                                    .unwrap_or_default();
+                                let first =
+                                    fns.get(other).map(|f| f.decl.name.span).unwrap_or_default();
                                 errors.push(FrontError::Duplicate {
                                     span: id.span,
                                     name: id.name.clone(),
@@ -417,7 +420,14 @@ fn find_recursion(prog: &mut Program, errors: &mut Vec<FrontError>) {
     let mut found = Vec::new();
     for v in 0..n {
         if state.get(v) == Some(&0) {
-            dfs(v, &edges, &mut state, &mut stack, &mut recursive, &mut found);
+            dfs(
+                v,
+                &edges,
+                &mut state,
+                &mut stack,
+                &mut recursive,
+                &mut found,
+            );
         }
     }
     for (span, cycle) in found {
@@ -425,10 +435,7 @@ fn find_recursion(prog: &mut Program, errors: &mut Vec<FrontError>) {
             .iter()
             .filter_map(|&c| prog.fns.get(c).map(|f| f.decl.name.name.clone()))
             .collect();
-        errors.push(FrontError::Recursion {
-            span,
-            cycle: names,
-        });
+        errors.push(FrontError::Recursion { span, cycle: names });
     }
     for (f, r) in prog.fns.iter_mut().zip(recursive) {
         f.recursive = r;
