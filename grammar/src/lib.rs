@@ -4,6 +4,7 @@
 //! `fmt::format_file` prints an AST back in canonical layout, comments preserved.
 
 pub mod ast;
+pub mod cmp;
 pub mod diagnostic;
 mod dump;
 pub mod fmt;
