@@ -10,10 +10,12 @@ pub mod arena;
 pub mod autodiff;
 pub mod back;
 pub mod data;
+pub mod explain;
 pub mod front;
 pub mod ir;
 pub mod passes;
 pub mod schedule;
+pub mod split;
 pub mod stdlib;
 pub mod types;
 pub mod valid;
@@ -77,10 +79,14 @@ pub fn compile(name: &str, text: &str, opts: &Options) -> Result<Compiled, Box<F
     let front::Checked { module, warnings } =
         front::analyze(&ast, &mut sources, opts).map_err(|d| fail(&sources, d))?;
     let forward = run_pass("lower", module, &sources).map_err(|d| fail(&sources, d))?;
-    let module = run_pass("autodiff", autodiff::differentiate(forward.clone()), &sources)
-        .map_err(|d| fail(&sources, d))?;
-    let module = run_pass("simplify", passes::simplify(module), &sources)
-        .map_err(|d| fail(&sources, d))?;
+    let module = run_pass(
+        "autodiff",
+        autodiff::differentiate(forward.clone()),
+        &sources,
+    )
+    .map_err(|d| fail(&sources, d))?;
+    let module =
+        run_pass("simplify", passes::simplify(module), &sources).map_err(|d| fail(&sources, d))?;
     let schedule = schedule::schedule(&module);
     if std::env::var("RLO_DEBUG").is_ok_and(|v| v.split(',').any(|s| s == "schedule")) {
         eprintln!("== schedule\n{schedule:#?}");
