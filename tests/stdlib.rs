@@ -8,18 +8,8 @@ mod stdlib_ref;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rlo_compiler::{compile, Batch, Compiled, Options};
+use rlo_compiler::{back::interp, compile, Batch, Compiled, Options};
 
-mod interp {
-    pub fn evaluate(
-        _m: &rlo_compiler::Module,
-        _s: &rlo_compiler::Schedule,
-        _b: &rlo_compiler::Batch,
-        _p: &[f64],
-    ) -> Result<rlo_compiler::Evaluation, String> {
-        Err("interpreter not merged yet".into())
-    }
-}
 use stdlib_ref::batch::{generate, Ctx, Pad};
 use stdlib_ref::Ref;
 
