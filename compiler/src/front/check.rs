@@ -104,6 +104,8 @@ pub fn const_eval(e: &ast::Expr) -> Result<ConstVal, Span> {
 /// A parameter as the argument matcher sees it.
 struct ParamSig<'a> {
     name: &'a str,
+    /// The builtin's parameter name (for hints); `None` for user functions.
+    static_name: Option<&'static str>,
     required: bool,
     named_only: bool,
 }
@@ -294,6 +296,10 @@ impl<'p> Checker<'p> {
                                 func: func.to_string(),
                                 max: positional.len(),
                                 found: args.iter().filter(|a| a.name.is_none()).count(),
+                                named_only: params
+                                    .iter()
+                                    .find(|p| p.named_only)
+                                    .and_then(|p| p.static_name),
                             });
                             ok = false;
                         }
@@ -359,6 +365,7 @@ impl<'p> Checker<'p> {
             .iter()
             .map(|p| ParamSig {
                 name: p.name,
+                static_name: Some(p.name),
                 required: p.default == Default::Required,
                 named_only: p.named_only,
             })
@@ -538,6 +545,7 @@ impl<'p> Checker<'p> {
             .iter()
             .map(|p| ParamSig {
                 name: &p.name.name,
+                static_name: None,
                 required: p.default.is_none(),
                 named_only: false,
             })
