@@ -33,6 +33,8 @@ const MAX_CALL_DEPTH: usize = 64;
 pub struct Reported {
     pub error: FrontError,
     pub call_site: Option<(Span, String)>,
+    /// The outermost call (in the objective) that led there, when it differs from `call_site`.
+    pub root_site: Option<(Span, String)>,
 }
 
 pub struct Checker<'p> {
@@ -130,6 +132,11 @@ impl<'p> Checker<'p> {
         self.errors.push(Reported {
             error,
             call_site: self.frames.last().cloned(),
+            root_site: if self.frames.len() > 1 {
+                self.frames.first().cloned()
+            } else {
+                None
+            },
         });
     }
 

@@ -85,6 +85,9 @@ pub fn analyze(
             if let Some((span, name)) = r.call_site {
                 d = d.with_secondary(span, format!("in this call of `{name}`"));
             }
+            if let Some((span, name)) = r.root_site {
+                d = d.with_secondary(span, format!("reached from this call of `{name}`"));
+            }
             diags.push(d);
         }
         if Some(i) == selected {
