@@ -182,3 +182,18 @@ fn identical_subexpressions_are_shared_and_spans_point_at_source() {
     assert_eq!(src.get(span.range()), Some("exp(x)"));
     assert_invariants(&m);
 }
+
+#[test]
+fn call_chains_deeper_than_the_limit_are_an_error_not_a_crash() {
+    let mut src = String::new();
+    for i in 0..70 {
+        src.push_str(&format!("fn f{i}(x) {{ f{}(x) + 1 }}\n", i + 1));
+    }
+    src.push_str("fn f70(x) { x }\n");
+    src.push_str("objective o() {\n input x: tok diff\n loss batch_mean(f0(x))\n}\n");
+    assert_eq!(errors(&src), vec!["E0308"]);
+    // A chain within the limit inlines fine.
+    let short = src.replace("f0(x))", "f40(x))");
+    let m = ok(&short);
+    assert_invariants(&m);
+}
