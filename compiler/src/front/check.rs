@@ -567,7 +567,6 @@ impl<'p> Checker<'p> {
         }
         let mut env = Env::new();
         let mut key = Vec::new();
-        let mut ok = true;
         for (p, slot) in decl.params.iter().zip(&slots) {
             let (v, vs) = match slot {
                 Some(ai) => (
@@ -576,14 +575,13 @@ impl<'p> Checker<'p> {
                 ),
                 None => {
                     let Some(d) = &p.default else { continue };
-                    (self.const_default(d, None), d.span)
+                    (self.const_default(d), d.span)
                 }
             };
             let v = match (v, &p.ty) {
                 (Some(h), Some(ann)) => self.conform(h, ann, &p.name.name, vs),
                 (v, _) => v,
             };
-            ok &= v.is_some();
             key.push(v.map(|h| self.ty(h)));
             env.entry(p.name.name.clone()).or_insert(v);
         }
@@ -593,7 +591,6 @@ impl<'p> Checker<'p> {
         }
         self.frames.push((span, callee.name.clone()));
         self.modules.push(f.module);
-        let _ = ok;
         for s in &decl.body.stmts {
             if let ast::StmtKind::Let { name, value } = &s.kind {
                 let v = self.expr(&env, value);
@@ -635,7 +632,7 @@ impl<'p> Checker<'p> {
     }
 
     /// A default value: must be a constant expression.
-    pub fn const_default(&mut self, d: &ast::Expr, _expected: Option<DType>) -> Val {
+    pub fn const_default(&mut self, d: &ast::Expr) -> Val {
         match const_eval(d) {
             Ok(ConstVal::F(v)) => Some(self.b.konst(v, d.span)),
             Ok(ConstVal::B(v)) => Some(self.b.boolean(v, d.span)),
