@@ -124,7 +124,8 @@ fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
     }
 }
 
-/// A seeded random batch of the given shape. Every batch has: a group whose rewards are all equal,
+/// A seeded random batch of the given shape. Every batch has: a group whose rewards are all equal
+/// (not Pairs), an empty sequence (seed 3, Policy),
 /// a group of one (Policy/Turns), a length-1 sequence, and tokens whose log-ratio
 /// |logp − old_logp| lies in 5..20.
 pub fn generate(seed: u64, shape: Shape) -> Pad {
@@ -143,6 +144,12 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let mut len: Vec<usize> = (0..b).map(|_| rng.int(1, 7)).collect();
     let short = rng.int(0, b - 1);
     len[short] = 1;
+    // Seed 3 (Policy shape) also has an empty sequence (in a group of several).
+    if seed == 3 && shape == Shape::Policy {
+        if let Some(e) = (0..b).find(|&i| i != short && sizes[group[i]] > 1) {
+            len[e] = 0;
+        }
+    }
     let t_max = len.iter().copied().max().unwrap_or(0);
     let pad_tok = |rng: &mut Rng, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<Vec<f64>> {
         (0..b)
@@ -166,7 +173,8 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     }
     // Large log-ratios on a few tokens (both signs).
     for k in 0..3 {
-        let i = rng.int(0, b - 1);
+        let nonempty: Vec<usize> = (0..b).filter(|&i| len[i] > 0).collect();
+        let i = nonempty[rng.int(0, nonempty.len() - 1)];
         let t = rng.int(0, len[i] - 1);
         let m = rng.range(5.0, 20.0);
         old_logp[i][t] = logp[i][t] + if k % 2 == 0 { m } else { -m };

@@ -281,11 +281,13 @@ fn rs_grpo(x: &Ctx) -> Out {
     let mut adv = vec![0.0; b.b()];
     for g in 0..b.n_groups {
         let (m, v) = group_rewards(x, g);
-        // A = (G·softmax(βr)_i − 1)/β.
-        let mx = v.iter().fold(f64::NEG_INFINITY, |a, &z| a.max(be * z));
-        let z: f64 = v.iter().map(|&s| (be * s - mx).exp()).sum();
+        // RS-GRPO code form: b = (LSE(βr) − log G)/β, A = (exp(β(r − b)) − 1)/β. (The softmax
+        // form (G·softmax(βr)_i − 1)/β rounds differently: an all-equal group's advantages are
+        // then exact zeros instead of ±1e-16, which flips clip indicators.)
+        let bv: Vec<D> = v.iter().map(|&s| c(be * s)).collect();
+        let base = (logsumexp(&bv).v - (m.len() as f64).ln()) / be;
         for (&i, &s) in m.iter().zip(&v) {
-            adv[i] = (m.len() as f64 * (be * s - mx).exp() / z - 1.0) / be;
+            adv[i] = ((be * (s - base)).exp() - 1.0) / be;
         }
     }
     let (loss, frac, _) = vanilla(x, &adv);
