@@ -309,7 +309,7 @@ fn every_stdlib_file_checks() {
             .to_string();
         let text = std::fs::read_to_string(&p).expect("readable");
         let mut sources = rlo_grammar::SourceMap::new();
-        let file = sources.add(&format!("stdlib/{stem}.rlo"), &text);
+        let file = sources.add(format!("stdlib/{stem}.rlo"), &text);
         match rlo_grammar::parse(&text, file) {
             Err(d) => errors.push(rlo_grammar::diagnostic::render_all(&d, &sources, false)),
             Ok(ast) => {

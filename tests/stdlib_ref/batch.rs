@@ -84,11 +84,11 @@ impl Pad {
         let mut turn_offsets = vec![0];
         let mut tok_turn = Vec::new();
         for i in 0..b {
-            let t0 = *turn_offsets.last().unwrap();
+            let t0 = *turn_offsets.last().expect("starts at 0");
             for t in 0..self.len[i] {
                 tok_turn.push((t0 + self.tok_turn[i][t]) as u32);
             }
-            seq_offsets.push(seq_offsets.last().unwrap() + self.len[i]);
+            seq_offsets.push(seq_offsets.last().expect("starts at 0") + self.len[i]);
             turn_offsets.push(t0 + self.n_turns[i]);
         }
         let layout = Layout {
@@ -188,7 +188,7 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let equal_group = rng.int(0, sizes.len() - 1);
     let mut reward: Vec<f64> = (0..b)
         .map(|_| {
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 f64::from(rng.unit() < 0.5)
             } else {
                 (rng.range(-1.0, 1.0) * 4.0).round() / 4.0

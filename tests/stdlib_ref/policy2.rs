@@ -191,7 +191,10 @@ fn passk(x: &Ctx) -> Out {
             }
         } else if n >= 2 {
             // The best: highest reward, the later one among ties.
-            let best = *m.iter().max_by(|&&a, &&bb| r[a].total_cmp(&r[bb])).unwrap();
+            let best = *m
+                .iter()
+                .max_by(|&&a, &&bb| r[a].total_cmp(&r[bb]))
+                .expect("n >= 2");
             let second = m
                 .iter()
                 .filter(|&&i| i != best)
@@ -321,10 +324,10 @@ fn top_n(
 ) -> Vec<Vec<bool>> {
     let mut list: Vec<(f64, usize, usize, usize)> = Vec::new();
     let mut k = 0;
-    for i in 0..b.b() {
-        for t in 0..b.len[i] {
+    for (i, row) in key.iter().enumerate() {
+        for (t, &v) in row.iter().enumerate() {
             if cand(i, t) {
-                list.push((key[i][t], k, i, t));
+                list.push((v, k, i, t));
             }
             k += 1;
         }
@@ -354,7 +357,7 @@ fn clip_cov(x: &Ctx) -> Out {
     let cut = top_n(
         b,
         &cv,
-        |i, t| !(l2[i][t].v > l1[i][t].v) && cv[i][t] > lb && cv[i][t] < ub,
+        |i, t| l2[i][t].v <= l1[i][t].v && cv[i][t] > lb && cv[i][t] < ub,
         n,
     );
     let per = map_tok(b, |i, t| {
