@@ -159,6 +159,20 @@ fn check_source(name: &str, text: &str) {
                     continue;
                 }
             };
+            if seed == SEEDS[0] && ci == 0 {
+                // The runtime's entry point (what the CLI and the training loop call) gives the
+                // interpreter's result.
+                let obj = rlo_runtime::Objective {
+                    compiled: c.clone(),
+                };
+                match obj.evaluate(&batch, &pvec, rlo_runtime::Backend::Interp) {
+                    Ok(rt) if rt == ev => {}
+                    Ok(_) => chk
+                        .errors
+                        .push(format!("{at}: runtime result differs from interp")),
+                    Err(e) => chk.errors.push(format!("{at}: runtime error {e}")),
+                }
+            }
             let ctx = |seed_at| Ctx {
                 b: &pad,
                 params: &params,

@@ -9,7 +9,7 @@ use super::{Out, Ref};
 
 pub const SOURCE: &str = r#"
 use std::kl::*
-use std::adv::{lite_ppo_adv, normalize_then_sum2}
+use std::adv::{lite_ppo_adv, normalize_then_sum2, reinforce_pp_adv}
 use std::ratio::{tis_token, tis_seq, mis_token, mis_seq}
 use std::agg::{trl_grpo_norm, top_entropy_mask, position_discount, per_length, gtpo_adv}
 use std::risk::{cvar_upper_adv, rank_penalty_reward}
@@ -39,6 +39,7 @@ objective libfns() {
     output cvar_up = cvar_upper_adv(reward, 0.7)
     output rank_pen = rank_penalty_reward(reward, old_logp, 0.25)
     output igpo_code = igpo_code_adv(turn_reward)
+    output rpp = reinforce_pp_adv(reward, 0.9)
 }
 "#;
 
@@ -220,6 +221,15 @@ fn libfns(x: &Ctx) -> Out {
             })
         })
         .collect();
+    // REINFORCE++: returns (γ = 0.9) of the reward on the last token, whitened over all tokens.
+    let g: Vec<f64> = (0..b.b())
+        .flat_map(|i| {
+            let (n, r) = (b.len[i], &r);
+            (0..n).map(move |t| r[i] * 0.9f64.powi((n - 1 - t) as i32))
+        })
+        .collect();
+    let (gm, gv) = (mean(&cs(&g)).v, var(&cs(&g), true).v);
+    let rpp: Vec<f64> = g.iter().map(|v| (v - gm) / (gv + 1e-8).sqrt()).collect();
     Out {
         loss: loss(x),
         metrics: vec![],
@@ -232,6 +242,7 @@ fn libfns(x: &Ctx) -> Out {
             ("cvar_up", cvar_up),
             ("rank_pen", rank_pen),
             ("igpo_code", igpo),
+            ("rpp", rpp),
         ],
     }
 }
