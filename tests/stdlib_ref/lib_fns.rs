@@ -13,7 +13,7 @@ use std::adv::{lite_ppo_adv, normalize_then_sum2, reinforce_pp_adv}
 use std::ratio::{tis_token, tis_seq, mis_token, mis_seq}
 use std::agg::{trl_grpo_norm, top_entropy_mask, position_discount, per_length, gtpo_adv}
 use std::risk::{cvar_upper_adv, rank_penalty_reward}
-use std::turns::igpo_code_adv
+use std::turns::{igpo_code_adv, turn_position_baseline}
 
 objective libfns() {
     input logp: tok diff
@@ -40,6 +40,7 @@ objective libfns() {
     output rank_pen = rank_penalty_reward(reward, old_logp, 0.25)
     output igpo_code = igpo_code_adv(turn_reward)
     output rpp = reinforce_pp_adv(reward, 0.9)
+    output turn_pos = turn_position_baseline(turn_reward)
 }
 "#;
 
@@ -230,6 +231,20 @@ fn libfns(x: &Ctx) -> Out {
         .collect();
     let (gm, gv) = (mean(&cs(&g)).v, var(&cs(&g), true).v);
     let rpp: Vec<f64> = g.iter().map(|v| (v - gm) / (gv + 1e-8).sqrt()).collect();
+    // Per-turn-position baseline: minus the mean of the group's turns with the same index.
+    let turn_pos: Vec<f64> = (0..b.b())
+        .flat_map(|i| {
+            let (m, tr) = (b.members(b.group[i]), &tr);
+            (0..b.n_turns[i]).map(move |k| {
+                let same: Vec<f64> = m
+                    .iter()
+                    .filter(|&&j| b.n_turns[j] > k)
+                    .map(|&j| tr[j][k])
+                    .collect();
+                tr[i][k] - same.iter().sum::<f64>() / same.len() as f64
+            })
+        })
+        .collect();
     Out {
         loss: loss(x),
         metrics: vec![],
@@ -243,6 +258,7 @@ fn libfns(x: &Ctx) -> Out {
             ("rank_pen", rank_pen),
             ("igpo_code", igpo),
             ("rpp", rpp),
+            ("turn_pos", turn_pos),
         ],
     }
 }
