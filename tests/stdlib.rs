@@ -446,7 +446,7 @@ fn reference_gradients_match_finite_differences() {
 /// tokens feeds a per-token gradient coefficient, one more for each chained token statistic
 /// (a batch variance over tokens needs their mean first: PPO/REINFORCE++ whitening, IGPO's turn
 /// z-scores; Clip-/KL-Cov rank a covariance that needs batch means). The scheduler must not need
-/// more, and every objective reads its tokens at least once.
+/// more, and every objective reads its tokens at least once. No objective compiles with warnings.
 const REASONED_PASSES: &[(&str, usize)] = &[
     ("ppo", 3),
     ("grpo", 1),
@@ -487,6 +487,9 @@ fn schedules_need_no_more_passes_than_reasoned() {
     for &(name, want) in REASONED_PASSES {
         let c = compile(&format!("{name}.rlo"), &source(name), &Options::default())
             .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
+        for w in &c.warnings {
+            errors.push(format!("{name}: warning {} {}", w.code, w.message));
+        }
         let got = c.schedule.token_passes();
         eprintln!("{name}: {got} token passes");
         if got == 0 || got > want {
