@@ -539,3 +539,44 @@ fn readme_table_matches_the_compiler() {
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// The generated batches hold the cases the references are meant to exercise.
+#[test]
+fn batches_cover_the_edge_cases() {
+    use stdlib_ref::batch::Shape;
+    for shape in [Shape::Policy, Shape::Turns, Shape::Groups4, Shape::Pairs] {
+        for seed in SEEDS {
+            let p = generate(seed, shape);
+            let at = format!("{shape:?} seed {seed}");
+            assert!(p.len.contains(&1), "{at}: no length-1 sequence");
+            let (lp, old) = (&p.tok["logp"], &p.tok["old_logp"]);
+            let big =
+                (0..p.b()).any(|i| (0..p.len[i]).any(|t| (lp[i][t] - old[i][t]).abs() >= 5.0));
+            assert!(big, "{at}: no large log-ratio");
+            let sizes: Vec<usize> = (0..p.n_groups).map(|g| p.members(g).len()).collect();
+            let r = &p.seq["reward"];
+            match shape {
+                Shape::Pairs => assert!(sizes.iter().all(|&s| s == 2), "{at}: not pairs"),
+                Shape::Policy | Shape::Turns | Shape::Groups4 => {
+                    let equal = (0..p.n_groups).any(|g| {
+                        let m = p.members(g);
+                        m.len() > 1 && m.iter().all(|&i| r[i] == r[m[0]])
+                    });
+                    assert!(equal, "{at}: no group of equal rewards");
+                    if shape != Shape::Groups4 {
+                        assert!(sizes.contains(&1), "{at}: no group of one");
+                    }
+                }
+            }
+            if shape == Shape::Policy && seed == 3 {
+                assert!(p.len.contains(&0), "{at}: no empty sequence");
+            }
+            if shape == Shape::Turns {
+                assert!(
+                    p.n_turns.iter().any(|&k| k > 1),
+                    "{at}: no multi-turn sequence"
+                );
+            }
+        }
+    }
+}

@@ -185,7 +185,8 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let adv = pad_tok(&mut rng, &mut |r| r.range(-2.0, 2.0));
 
     // Rewards: binary for even seeds, quarter steps (with ties) for odd; one all-equal group.
-    let equal_group = rng.int(0, sizes.len() - 1);
+    let multi: Vec<usize> = (0..sizes.len()).filter(|&g| sizes[g] > 1).collect();
+    let equal_group = multi[rng.int(0, multi.len() - 1)];
     let mut reward: Vec<f64> = (0..b)
         .map(|_| {
             if seed.is_multiple_of(2) {
