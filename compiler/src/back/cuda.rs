@@ -162,7 +162,7 @@ impl CudaProgram {
 pub fn comment_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        let ok = c.is_ascii_alphanumeric() || " _.:,=()[]<>+-#@".contains(c);
+        let ok = c.is_ascii_alphanumeric() || " _.:,=()[]<>+-@".contains(c);
         out.push(if ok { c } else { '?' });
     }
     out.truncate(120);
