@@ -43,7 +43,10 @@ const ARCH: &str = "sm_90";
 fn nvrtc_compile(p: &CudaProgram) {
     let src = full_source(p);
     if let Err(e) = compile_ptx(&src, ARCH, &p.ident) {
-        panic!("NVRTC rejected the generated CUDA of `{}`:\n{e}\n{}", p.ident, p.source);
+        panic!(
+            "NVRTC rejected the generated CUDA of `{}`:\n{e}\n{}",
+            p.ident, p.source
+        );
     }
 }
 
@@ -198,8 +201,20 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
     let adv0 = b.bin(BinaryOp::Sub, reward, gmean);
     let adv1 = b.bin(BinaryOp::Add, adv0, gq);
     let adv = b.bin(BinaryOp::Sub, adv1, gmax);
-    let rank = b.f(Expr::Rank { arg: reward, within: Group }, Seq);
-    let brank = b.f(Expr::Rank { arg: reward, within: Batch }, Seq);
+    let rank = b.f(
+        Expr::Rank {
+            arg: reward,
+            within: Group,
+        },
+        Seq,
+    );
+    let brank = b.f(
+        Expr::Rank {
+            arg: reward,
+            within: Batch,
+        },
+        Seq,
+    );
     // token math
     let d = b.bin(BinaryOp::Sub, logp, old);
     let ratio = b.un(UnaryOp::Exp, d);
@@ -284,7 +299,13 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
         },
         Tok,
     );
-    let tr = b.f(Expr::Rank { arg: ratio, within: Seq }, Tok);
+    let tr = b.f(
+        Expr::Rank {
+            arg: ratio,
+            within: Seq,
+        },
+        Tok,
+    );
     let mean_b = b.red(ReduceOp::Sum, seq_mean, Batch, None);
     let g0 = b.bin(BinaryOp::Mul, rcs, drc);
     let g1 = b.bin(BinaryOp::Add, g0, pr);
@@ -302,7 +323,12 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
         input: 0,
         value: zero_tok,
     });
-    for (name, v) in [("frac", m1), ("max_below", m2), ("min_above", m3), ("q", tq)] {
+    for (name, v) in [
+        ("frac", m1),
+        ("max_below", m2),
+        ("min_above", m3),
+        ("q", tq),
+    ] {
         b.m.metrics.push(Named {
             name: name.into(),
             value: v,
@@ -329,7 +355,10 @@ fn kitchen_sink_compiles_with_nvrtc_in_every_layout_and_dtype() {
         .map(|o| emit(&m, &s, o).unwrap_or_else(|e| panic!("emit: {e}")))
         .collect();
     for p in &progs {
-        assert!(p.launches.len() >= 3, "passes, small stages and fin kernels");
+        assert!(
+            p.launches.len() >= 3,
+            "passes, small stages and fin kernels"
+        );
         assert!(!p.source.contains("atomic"), "no atomics: deterministic");
     }
     if !nvrtc_or_skip("kitchen_sink") {
@@ -368,10 +397,14 @@ fn nvrtc_errors_carry_the_log_and_the_source_file() {
     if !nvrtc_or_skip("nvrtc_errors") {
         return;
     }
-    let err = compile_ptx("extern \"C\" __global__ void k() { this is not C; }", ARCH, "bad")
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = compile_ptx(
+        "extern \"C\" __global__ void k() { this is not C; }",
+        ARCH,
+        "bad",
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(err.contains("error"), "log missing: {err}");
     assert!(err.contains(".cu"), "source path missing: {err}");
 }
@@ -404,8 +437,12 @@ fn stdlib_dir() -> std::path::PathBuf {
 fn compile_stdlib(name: &str) -> Result<rlo_compiler::Compiled, String> {
     let path = stdlib_dir().join(format!("{name}.rlo"));
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    rlo_compiler::compile(&format!("{name}.rlo"), &text, &rlo_compiler::Options::default())
-        .map_err(|f| f.render(false))
+    rlo_compiler::compile(
+        &format!("{name}.rlo"),
+        &text,
+        &rlo_compiler::Options::default(),
+    )
+    .map_err(|f| f.render(false))
 }
 
 #[test]
@@ -416,7 +453,8 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "rlo"))
                 .filter(|p| {
-                    std::fs::read_to_string(p).is_ok_and(|t| t.lines().any(|l| l.starts_with("objective")))
+                    std::fs::read_to_string(p)
+                        .is_ok_and(|t| t.lines().any(|l| l.starts_with("objective")))
                 })
                 .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
                 .collect()
@@ -448,7 +486,10 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
                 compiled.push(name.clone());
             }
             Err(e) if e.message.contains("turn") => unsupported.push(name.clone()),
-            Err(e) => panic!("{name}: CUDA emit failed at {}: {e}", c.sources.location(e.span)),
+            Err(e) => panic!(
+                "{name}: CUDA emit failed at {}: {e}",
+                c.sources.location(e.span)
+            ),
         }
     }
     eprintln!(
@@ -457,7 +498,9 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
         if have_nvrtc { "" } else { " (emit only, no NVRTC)" }
     );
     for must in ["grpo", "dapo", "gspo"] {
-        let front_ok = !front_failed.iter().any(|f| f.starts_with(&format!("{must}:")));
+        let front_ok = !front_failed
+            .iter()
+            .any(|f| f.starts_with(&format!("{must}:")));
         if front_ok {
             assert!(compiled.iter().any(|c| c == must), "{must} did not compile");
         }

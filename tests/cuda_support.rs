@@ -18,8 +18,8 @@ pub fn greedy_schedule(m: &Module) -> Schedule {
     let n = m.exprs.len();
     let mut canon: Vec<usize> = (0..n).collect();
     let mut stage: Vec<Option<usize>> = vec![None; n];
-    let even = |x: usize| if x % 2 == 0 { x } else { x + 1 };
-    let odd = |x: usize| if x % 2 == 1 { x } else { x + 1 };
+    let even = |x: usize| if x.is_multiple_of(2) { x } else { x + 1 };
+    let odd = |x: usize| if x.is_multiple_of(2) { x + 1 } else { x };
     for (h, e) in m.exprs.iter() {
         let i = h.index();
         if let Expr::Broadcast { arg, .. } | Expr::Detach { arg } = e {
@@ -31,22 +31,26 @@ pub fn greedy_schedule(m: &Module) -> Schedule {
         }
         let ops: Vec<usize> = e.operands().iter().map(|o| canon[o.index()]).collect();
         let tok = |x: usize| m.level(Handle::from_index(x)) == Level::Tok;
-        let needs_all = matches!(e, Expr::Rank { .. } | Expr::PosReduce { .. } | Expr::Quantile { .. });
+        let needs_all = matches!(
+            e,
+            Expr::Rank { .. } | Expr::PosReduce { .. } | Expr::Quantile { .. }
+        );
         let in_pass = m.level(h) == Level::Tok && !needs_all
             || matches!(e, Expr::Reduce { arg, .. } if m.level(*arg) == Level::Tok);
         let mut lb = 0usize;
         for &o in &ops {
             let Some(so) = stage[o] else { continue };
             let b = if in_pass {
-                if so % 2 == 0 && tok(o) && !matches!(m.exprs[Handle::from_index(o)], Expr::Reduce { .. }) {
+                if so.is_multiple_of(2)
+                    && tok(o)
+                    && !matches!(m.exprs[Handle::from_index(o)], Expr::Reduce { .. })
+                {
                     so
                 } else {
                     so + 1
                 }
-            } else if so % 2 == 1 {
+            } else if !so.is_multiple_of(2) {
                 so
-            } else if needs_all && tok(o) {
-                so + 1
             } else {
                 so + 1
             };
@@ -57,7 +61,7 @@ pub fn greedy_schedule(m: &Module) -> Schedule {
     let last = stage.iter().flatten().copied().max().unwrap_or(0);
     let mut stages: Vec<Stage> = (0..=last)
         .map(|k| Stage {
-            kind: if k % 2 == 0 {
+            kind: if k.is_multiple_of(2) {
                 StageKind::TokenPass
             } else {
                 StageKind::Small

@@ -40,10 +40,7 @@ pub const COMMON_CUH: &str = include_str!("../kernels/rlo_common.cuh");
 /// What NVRTC compiles for a program: the helpers, then the generated source (a `#line` directive
 /// makes NVRTC's log lines point into the generated file).
 pub fn full_source(p: &CudaProgram) -> String {
-    format!(
-        "{COMMON_CUH}\n#line 1 \"rlo_{}.cu\"\n{}",
-        p.ident, p.source
-    )
+    format!("{COMMON_CUH}\n#line 1 \"rlo_{}.cu\"\n{}", p.ident, p.source)
 }
 
 /// Options passed to NVRTC besides the architecture (part of the cache key).
@@ -130,7 +127,10 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 fn option_strings(opts: &CompileOptions) -> Vec<String> {
-    let mut v = vec![format!("arch={:?}", opts.arch), format!("fmad={:?}", opts.fmad)];
+    let mut v = vec![
+        format!("arch={:?}", opts.arch),
+        format!("fmad={:?}", opts.fmad),
+    ];
     v.extend(opts.options.iter().cloned());
     v
 }
@@ -149,9 +149,10 @@ pub fn compile_ptx(source: &str, arch: &'static str, name: &str) -> Result<Strin
     match result {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(e) => {
-            let path = cache_dir()
-                .unwrap_or_else(std::env::temp_dir)
-                .join(format!("failed_{name}_{:016x}.cu", cache_key(source, arch, &[])));
+            let path = cache_dir().unwrap_or_else(std::env::temp_dir).join(format!(
+                "failed_{name}_{:016x}.cu",
+                cache_key(source, arch, &[])
+            ));
             let written = std::fs::create_dir_all(path.parent().unwrap_or(&path))
                 .and_then(|_| std::fs::write(&path, source))
                 .is_ok();
@@ -239,7 +240,9 @@ impl CudaDevice {
         }
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|e| RuntimeError::CudaUnavailable(panic_text(e.as_ref())))?
-            .map_err(|e| RuntimeError::CudaUnavailable(format!("no usable GPU {ordinal}: {e:?}")))?;
+            .map_err(|e| {
+                RuntimeError::CudaUnavailable(format!("no usable GPU {ordinal}: {e:?}"))
+            })?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| RuntimeError::Cuda(format!("compute capability: {e:?}")))?;

@@ -231,12 +231,11 @@ impl CudaObjective {
         c: &Compiled,
         opts: &CudaOptions,
     ) -> Result<CudaObjective, RuntimeError> {
-        let program = emit(&c.module, &c.schedule, opts).map_err(|e| {
-            RuntimeError::CudaCodegen {
+        let program =
+            emit(&c.module, &c.schedule, opts).map_err(|e| RuntimeError::CudaCodegen {
                 location: c.sources.location(e.span),
                 message: e.message,
-            }
-        })?;
+            })?;
         CudaObjective::load(dev, program)
     }
 
@@ -375,10 +374,13 @@ pub fn evaluate(c: &Compiled, batch: &Batch, params: &[f64]) -> Result<Evaluatio
     let lay = DeviceLayout::packed(stream, &batch.layout)?;
     let mut inputs = Vec::new();
     for inp in &c.module.inputs {
-        let v = batch.values.get(&inp.name).ok_or_else(|| RuntimeError::MissingTensor {
-            name: inp.name.clone(),
-            expected: format!("{} values", batch.layout.count(inp.ty.level)),
-        })?;
+        let v = batch
+            .values
+            .get(&inp.name)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                name: inp.name.clone(),
+                expected: format!("{} values", batch.layout.count(inp.ty.level)),
+            })?;
         let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
         inputs.push(upload(stream, &f)?);
     }
@@ -403,7 +405,12 @@ pub fn evaluate(c: &Compiled, batch: &Batch, params: &[f64]) -> Result<Evaluatio
         .unwrap_or(0.0);
     let mut metrics = Vec::new();
     for r in &p.metrics {
-        metrics.push(download(stream, &ws, r.slot)?.first().copied().unwrap_or(0.0));
+        metrics.push(
+            download(stream, &ws, r.slot)?
+                .first()
+                .copied()
+                .unwrap_or(0.0),
+        );
     }
     let mut grads = Vec::new();
     for r in &p.grads {

@@ -26,6 +26,9 @@
 //! [`CTX_MAX_WORDS`]). Changing a parameter never recompiles.
 //!
 //! Not supported yet (reported as a [`BackendError`]): `turn`-level values.
+// Indexing here is by handles of the module's own arena and by side tables (`HandleVec`) made
+// with the arena's length; the validator has checked every handle before a backend runs.
+#![allow(clippy::indexing_slicing)]
 
 use crate::arena::{Handle, HandleVec};
 use crate::ir::{Expr, IndexKind, Module, ReduceOp};
@@ -330,7 +333,19 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
             Expr::Broadcast { .. } | Expr::Detach { .. } => {
                 return Err(err(m, h, "operand after its user"))
             }
-            _ => h,
+            Expr::Const(_)
+            | Expr::Bool(_)
+            | Expr::Param(_)
+            | Expr::Input(_)
+            | Expr::Index(_)
+            | Expr::Unary { .. }
+            | Expr::Binary { .. }
+            | Expr::Select { .. }
+            | Expr::Reduce { .. }
+            | Expr::Scan { .. }
+            | Expr::Rank { .. }
+            | Expr::Quantile { .. }
+            | Expr::PosReduce { .. } => h,
         };
         if m.level(h) == Level::Turn {
             return Err(err(
@@ -340,7 +355,11 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
             ));
         }
         if let Expr::Index(IndexKind::TurnIndex) = e {
-            return Err(err(m, h, "turn_index is not supported by the CUDA backend yet"));
+            return Err(err(
+                m,
+                h,
+                "turn_index is not supported by the CUDA backend yet",
+            ));
         }
     }
     let mut role: HandleVec<Expr, Role> = HandleVec::new(n, Role::None);
@@ -485,7 +504,11 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                             }
                         }
                         Role::Acc { kernel: ko, .. } if ko == kernel => {
-                            return Err(err(m, h, "reads a reduction of its own pass (schedule error)"));
+                            return Err(err(
+                                m,
+                                h,
+                                "reads a reduction of its own pass (schedule error)",
+                            ));
                         }
                         Role::Stmt { kernel: ko }
                             if ko == kernel + 1
@@ -493,14 +516,22 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                         {
                             // a coarse node of this pass: recomputed per sequence if it can be
                             if after_acc[o] || !elementwise(&m.exprs[o]) {
-                                return Err(err(m, h, "reads a value finished after its own pass (schedule error)"));
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value finished after its own pass (schedule error)",
+                                ));
                             }
                             add_prologue(p, &mut prologue, kernel, o)?;
                         }
-                        r => {
+                        r @ (Role::Tok { .. } | Role::Acc { .. } | Role::Stmt { .. }) => {
                             let ko = ready_kernel(r).unwrap_or(usize::MAX);
                             if ko >= kernel {
-                                return Err(err(m, h, "reads a value computed later (schedule error)"));
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value computed later (schedule error)",
+                                ));
                             }
                             p.stored[o] = true;
                         }
@@ -531,11 +562,15 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                 for &o in &ops {
                     match p.role[o] {
                         Role::None => {}
-                        r => {
+                        r @ (Role::Tok { .. } | Role::Acc { .. } | Role::Stmt { .. }) => {
                             let ko = ready_kernel(r).unwrap_or(usize::MAX);
                             let same_ok = ko == kernel && o < h;
                             if ko > kernel || (ko == kernel && !same_ok) {
-                                return Err(err(m, h, "reads a value computed later (schedule error)"));
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value computed later (schedule error)",
+                                ));
                             }
                             if !matches!(r, Role::Acc { .. }) {
                                 p.stored[o] = true;
@@ -608,7 +643,11 @@ fn add_prologue(
             continue;
         }
         if !elementwise(&p.m.exprs[x]) {
-            return Err(err(p.m, x, "a per-sequence value of a pass must be elementwise (schedule error)"));
+            return Err(err(
+                p.m,
+                x,
+                "a per-sequence value of a pass must be elementwise (schedule error)",
+            ));
         }
         all.push(x);
         for o in p.m.exprs[x].operands() {

@@ -1,5 +1,4 @@
 //! Backends: the reference interpreter, CUDA C text, Cranelift IR.
 
-pub mod interp;
 pub mod cuda;
-
+pub mod interp;
