@@ -537,3 +537,109 @@ fn gspo_cuda_snapshot() {
         insta::assert_snapshot!("gspo_padded_f32.cu", src);
     }
 }
+
+/// `Some(())` when a CUDA device can be opened; otherwise prints why the GPU test is skipped.
+fn gpu_or_skip(test: &str) -> bool {
+    match rlo_runtime::cuda::CudaDevice::global() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP {test} (needs a GPU): {e}");
+            false
+        }
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6
+}
+
+fn assert_close(what: &str, want: &[f64], got: &[f64]) {
+    assert_eq!(want.len(), got.len(), "{what}: lengths");
+    let worst = want
+        .iter()
+        .zip(got)
+        .enumerate()
+        .filter(|(_, (a, b))| !close(**a, **b))
+        .map(|(i, (a, b))| format!("[{i}] interp {a} cuda {b}"))
+        .next();
+    assert!(worst.is_none(), "{what}: {}", worst.unwrap_or_default());
+}
+
+/// GPU: every stdlib objective (that the front end compiles and CUDA supports) agrees with the
+/// interpreter within 1e-5 relative, and two runs are bit-identical.
+#[test]
+fn gpu_parity_with_interpreter_and_bitwise_repeatable() {
+    if !gpu_or_skip("gpu_parity") {
+        return;
+    }
+    use rlo_runtime::{Backend, Objective};
+    for name in ["grpo", "dapo", "gspo", "dr_grpo", "gmpo", "cispo", "rloo", "ppo"] {
+        let path = stdlib_dir().join(format!("{name}.rlo"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let obj = match Objective::compile(&format!("{name}.rlo"), &text, &Default::default()) {
+            Ok(o) => o,
+            Err(f) => panic!("{name}: {}", f.render(false)),
+        };
+        let params = obj.param_values(&[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (seed, groups, max_len) in [(1, 3, 5), (2, 7, 50), (3, 17, 783)] {
+            let batch = support::random_batch(&obj.compiled.module, seed, groups, max_len);
+            let want = obj
+                .evaluate(&batch, &params, Backend::Interp)
+                .unwrap_or_else(|e| panic!("{name} interp: {e}"));
+            let got = obj
+                .evaluate(&batch, &params, Backend::Cuda)
+                .unwrap_or_else(|e| panic!("{name} cuda: {e}"));
+            assert_close(&format!("{name} loss"), &[want.loss], &[got.loss]);
+            assert_close(&format!("{name} metrics"), &want.metrics, &got.metrics);
+            for (k, (w, g)) in want.grads.iter().zip(&got.grads).enumerate() {
+                assert_close(&format!("{name} grad {k}"), w, g);
+            }
+            for (k, (w, g)) in want.outputs.iter().zip(&got.outputs).enumerate() {
+                assert_close(&format!("{name} output {k}"), w, g);
+            }
+            let again = obj
+                .evaluate(&batch, &params, Backend::Cuda)
+                .unwrap_or_else(|e| panic!("{name} cuda: {e}"));
+            assert_eq!(got.loss.to_bits(), again.loss.to_bits(), "{name}: not repeatable");
+            assert_eq!(got.grads, again.grads, "{name}: gradients not repeatable");
+            assert_eq!(got.metrics, again.metrics, "{name}: metrics not repeatable");
+        }
+    }
+}
+
+/// GPU: the kitchen-sink module (scans, ranks, quantiles, per-position reductions, max/min with
+/// empty sets) runs on awkward sizes and repeats bit for bit, packed and padded agreeing.
+#[test]
+fn gpu_kitchen_sink_runs_and_repeats() {
+    if !gpu_or_skip("gpu_kitchen_sink") {
+        return;
+    }
+    let (m, s) = kitchen_sink("logp");
+    let Ok(mut c) = compile_stdlib("grpo") else {
+        eprintln!("SKIP gpu_kitchen_sink: the front end does not compile grpo");
+        return;
+    };
+    c.module = m;
+    c.schedule = s;
+    for (seed, groups, max_len) in [(4, 3, 3), (5, 11, 50), (6, 9, 783)] {
+        let batch = support::random_batch(&c.module, seed, groups, max_len);
+        let a = rlo_runtime::cuda::evaluate(&c, &batch, &[0.2])
+            .unwrap_or_else(|e| panic!("cuda: {e}"));
+        let b = rlo_runtime::cuda::evaluate(&c, &batch, &[0.2])
+            .unwrap_or_else(|e| panic!("cuda: {e}"));
+        assert_eq!(bits(&a), bits(&b), "not bit-identical");
+        assert_eq!(a.grads.len(), 2);
+    }
+}
+
+/// Every number of an evaluation as bits (NaN-safe equality).
+fn bits(e: &rlo_compiler::Evaluation) -> Vec<u64> {
+    let mut v = vec![e.loss.to_bits()];
+    v.extend(e.metrics.iter().map(|x| x.to_bits()));
+    for g in e.grads.iter().chain(&e.outputs) {
+        v.extend(g.iter().map(|x| x.to_bits()));
+    }
+    v
+}

@@ -77,3 +77,36 @@ pub fn greedy_schedule(m: &Module) -> Schedule {
     stages.retain(|s| !s.nodes.is_empty());
     Schedule { stages }
 }
+
+/// A seeded random batch for a module: ragged lengths (some 0), odd group sizes, values by level.
+pub fn random_batch(m: &Module, seed: u64, n_groups: usize, max_len: usize) -> rlo_compiler::Batch {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut lengths = Vec::new();
+    let mut seq_group = Vec::new();
+    for g in 0..n_groups {
+        let size = 1 + (g * 3 + seed as usize) % 5;
+        for _ in 0..size {
+            let l = if rng.random_range(0..10) == 0 {
+                0
+            } else {
+                rng.random_range(1..=max_len)
+            };
+            lengths.push(l);
+            seq_group.push(g as u32);
+        }
+    }
+    let layout = rlo_compiler::Layout::single_turn(&lengths, seq_group);
+    let mut values = std::collections::BTreeMap::new();
+    for inp in &m.inputs {
+        let n = layout.count(inp.ty.level);
+        let v: Vec<f64> = (0..n)
+            .map(|_| match inp.ty.dtype {
+                rlo_compiler::DType::Bool => f64::from(u8::from(rng.random_bool(0.5))),
+                rlo_compiler::DType::F32 => rng.random_range(-2.0..0.0),
+            })
+            .collect();
+        values.insert(inp.name.clone(), v);
+    }
+    rlo_compiler::Batch { layout, values }
+}

@@ -258,7 +258,13 @@ impl CudaDevice {
     /// GPU 0, opened once per process.
     pub fn global() -> Result<&'static CudaDevice, RuntimeError> {
         static DEV: OnceLock<Result<CudaDevice, String>> = OnceLock::new();
-        match DEV.get_or_init(|| CudaDevice::open(0).map_err(|e| e.to_string())) {
+        let dev = DEV.get_or_init(|| {
+            CudaDevice::open(0).map_err(|e| match e {
+                RuntimeError::CudaUnavailable(s) => s,
+                other => other.to_string(),
+            })
+        });
+        match dev {
             Ok(d) => Ok(d),
             Err(e) => Err(RuntimeError::CudaUnavailable(e.clone())),
         }
