@@ -203,6 +203,7 @@ impl Workspace {
 /// A program loaded on a device, ready to launch.
 pub struct CudaObjective {
     pub program: CudaProgram,
+    module: Arc<cudarc::driver::CudaModule>,
     functions: Vec<(CudaFunction, Grid)>,
     /// NVRTC ran when loading (false: memory or disk cache).
     pub compiled_now: bool,
@@ -220,9 +221,18 @@ impl CudaObjective {
         }
         Ok(CudaObjective {
             program,
+            module,
             functions,
             compiled_now,
         })
+    }
+
+    /// `rlo_mask_to_len(mask, n_seqs, T, len, err)` from `rlo_common.cuh` (same module): lengths
+    /// of a right-padded `[B, T]` f32 mask, `err[0] = 1` if a mask is not a prefix.
+    pub fn mask_to_len(&self) -> Result<CudaFunction, RuntimeError> {
+        self.module
+            .load_function("rlo_mask_to_len")
+            .map_err(drv("load function"))
     }
 
     /// Emits and loads the CUDA program of a compiled objective.
