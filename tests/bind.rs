@@ -616,3 +616,95 @@ fn corrupt_file() {
     .to_string();
     assert!(err.contains("batch.safetensors"), "{err}");
 }
+
+#[test]
+fn absurd_token_count_without_token_tensors() {
+    let m = module(&[("reward", Level::Seq, F32, false)], false);
+    let ts = set(vec![
+        ("seq_offsets", t(Dtype::I64, &[2], &[0., 1e15])),
+        ("reward", t(Dtype::F32, &[1], &[0.])),
+    ]);
+    fails_default(&ts, &m, "seq_offsets", &["tokens in all"]);
+}
+
+/// Random tensor sets (names, dtypes, ranks, sizes, values all random): binding returns a batch
+/// that passes `Layout::validate`, or an error; it never panics.
+#[test]
+fn random_tensor_sets_never_panic() {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let names = [
+        "mask",
+        "lengths",
+        "seq_offsets",
+        "group",
+        "turn",
+        "logp",
+        "reward",
+        "r",
+    ];
+    let dtypes = [
+        Dtype::BOOL,
+        Dtype::U8,
+        Dtype::I32,
+        Dtype::I64,
+        Dtype::F32,
+        Dtype::BF16,
+        Dtype::F64,
+    ];
+    let m = module(
+        &[
+            ("logp", Level::Tok, F32, true),
+            ("reward", Level::Seq, F32, false),
+            ("r", Level::Turn, F32, false),
+        ],
+        true,
+    );
+    let mut bound = 0;
+    for _ in 0..3000 {
+        let mut ts = Tensors::new();
+        for name in names {
+            if next(4) == 0 {
+                continue;
+            }
+            let rank = next(3);
+            let shape: Vec<usize> = (0..rank).map(|_| next(4)).collect();
+            let n: usize = shape.iter().product();
+            let v: Vec<f64> = (0..n).map(|_| next(6) as f64 - 1.0).collect();
+            ts.insert(name.into(), t(dtypes[next(dtypes.len())], &shape, &v));
+        }
+        let opts = BindOptions {
+            group_size: (next(3) == 0).then(|| next(3)),
+        };
+        if let Ok(b) = bind(&ts, &m, &opts) {
+            b.batch.layout.validate().expect("bound layouts are valid");
+            bound += 1;
+        }
+    }
+    // Mutations of a good batch reach the deeper checks: one tensor replaced or removed.
+    for _ in 0..3000 {
+        let mut ts = padded();
+        let name = names[next(names.len())];
+        if next(5) == 0 {
+            ts.remove(name);
+        } else {
+            let rank = 1 + next(2);
+            let shape: Vec<usize> = (0..rank)
+                .map(|d| if d == 0 { 3 } else { next(6) })
+                .collect();
+            let n: usize = shape.iter().product();
+            let v: Vec<f64> = (0..n).map(|_| next(5) as f64 - 1.0).collect();
+            ts.insert(name.into(), t(dtypes[next(dtypes.len())], &shape, &v));
+        }
+        if let Ok(b) = bind(&ts, &grpo(), &BindOptions::default()) {
+            b.batch.layout.validate().expect("bound layouts are valid");
+            bound += 1;
+        }
+    }
+    assert!(bound > 0 && bound < 6000, "{bound}");
+}

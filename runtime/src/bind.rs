@@ -401,7 +401,10 @@ fn token_layout(tensors: &Tensors, module: &Module) -> Result<Toks, RuntimeError
                         })
                     }
                 },
-                None => v.iter().copied().max().unwrap_or(0).max(0) as usize,
+                None => {
+                    too_many_tokens("lengths", v.iter().map(|&l| l.max(0)).sum())?;
+                    v.iter().copied().max().unwrap_or(0).max(0) as usize
+                }
             };
             let mut lengths = Vec::with_capacity(b);
             let mut src = Vec::new();
@@ -444,6 +447,9 @@ fn token_layout(tensors: &Tensors, module: &Module) -> Result<Toks, RuntimeError
                         v[i - 1]
                     ),
                 });
+            }
+            if first_tok.is_none() {
+                too_many_tokens("seq_offsets", v[n1 - 1])?;
             }
             let n = v[n1 - 1] as usize;
             let lengths = v.windows(2).map(|w| (w[1] - w[0]) as usize).collect();
@@ -504,6 +510,22 @@ fn token_layout(tensors: &Tensors, module: &Module) -> Result<Toks, RuntimeError
             })
         }
     }
+}
+
+/// Without any token tensor, nothing bounds the token count of `lengths`/`seq_offsets`: refuse
+/// absurd counts instead of allocating them.
+fn too_many_tokens(name: &str, n: i128) -> Result<(), RuntimeError> {
+    const LIMIT: i128 = 1 << 28;
+    if n > LIMIT {
+        return Err(RuntimeError::BadValue {
+            name: name.into(),
+            index: "[..]".into(),
+            message: format!(
+                "{n} tokens in all, more than the {LIMIT} allowed without token tensors"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn mask_value(name: &str, i: usize, shape: &[usize], x: f64) -> RuntimeError {

@@ -279,3 +279,56 @@ fn run_compile_error_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("bad.rlo:2:"), "{:?}", text(&o));
 }
+
+/// A realistic batch: B = 64 sequences (8 groups of 8), T = 512, lengths 200..=512, bf16 inputs.
+/// Prints the wall time of `rloc run` (interpreter; the README's figure is a release build).
+#[test]
+fn run_64x512_batch() {
+    let d = dir("big");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let (b, tt) = (64usize, 512usize);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let lengths: Vec<f64> = (0..b).map(|_| (200.0 + 313.0 * rnd()).floor()).collect();
+    let logp: Vec<f64> = (0..b * tt).map(|_| -3.0 * rnd()).collect();
+    let old: Vec<f64> = logp.iter().map(|x| x + 0.2 * (rnd() - 0.5)).collect();
+    let reward: Vec<f64> = (0..b).map(|_| rnd().round()).collect();
+    let group: Vec<f64> = (0..b).map(|i| (i / 8) as f64).collect();
+    let mut ts = Tensors::new();
+    ts.insert("logp".into(), t(Dtype::BF16, &[b, tt], &logp));
+    ts.insert("old_logp".into(), t(Dtype::BF16, &[b, tt], &old));
+    ts.insert("reward".into(), t(Dtype::F32, &[b], &reward));
+    ts.insert("lengths".into(), t(Dtype::I64, &[b], &lengths));
+    ts.insert("group".into(), t(Dtype::I64, &[b], &group));
+    let bp = d.join("big.safetensors");
+    write_file(&bp, &ts).expect("write");
+    let out = d.join("out.safetensors").display().to_string();
+    let start = std::time::Instant::now();
+    let o = rloc(&[
+        "run",
+        &f,
+        "--batch",
+        &bp.display().to_string(),
+        "--out",
+        &out,
+    ]);
+    let secs = start.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{:?}", text(&o));
+    eprintln!("rloc run 64x512 (interp): {secs:.3} s");
+    let r = read_file(Path::new(&out)).expect("out");
+    assert_eq!(r["grad.logp"].shape, vec![b, tt]);
+    let Some(Values::Float(g)) = r["grad.logp"].values() else {
+        panic!("grad not float")
+    };
+    // Exactly 0 past each sequence's length.
+    for (s, &l) in lengths.iter().enumerate() {
+        assert!(g[s * tt + l as usize..(s + 1) * tt]
+            .iter()
+            .all(|&x| x == 0.0));
+    }
+}

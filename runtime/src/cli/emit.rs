@@ -8,9 +8,9 @@ use rlo_compiler::ir::display_module;
 use rlo_compiler::schedule::StageKind;
 use rlo_grammar::SourceMap;
 
-use super::{color, compile_file, read_source, EmitKind};
+use super::{color, compile_file, read_source, CliError, EmitKind};
 
-pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<ExitCode, String> {
+pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<ExitCode, CliError> {
     if what == EmitKind::Ast {
         let text = read_source(path)?;
         let mut sources = SourceMap::new();
@@ -18,14 +18,14 @@ pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<Ex
         return match rlo_grammar::parse(&text, id) {
             Ok(ast) => {
                 let json = serde_json::to_string_pretty(&ast).map_err(|e| e.to_string())?;
-                println!("{json}");
+                outln!("{json}");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(diags) => Err(
-                rlo_grammar::diagnostic::render_all(&diags, &sources, color())
-                    .trim_end()
-                    .to_string(),
-            ),
+            Err(diags) => Err(CliError::Rendered(rlo_grammar::diagnostic::render_all(
+                &diags,
+                &sources,
+                color(),
+            ))),
         };
     }
     let obj = compile_file(path, objective)?;
@@ -35,16 +35,23 @@ pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<Ex
         EmitKind::Ir => display_module(&c.forward),
         EmitKind::Grad => display_module(&c.module),
         EmitKind::Schedule => schedule_text(c),
-        EmitKind::Cuda => {
-            return Err("`emit cuda`: the CUDA backend is not built into this rloc yet".to_string())
-        }
-        EmitKind::Clif => {
-            return Err(
-                "`emit clif`: the Cranelift backend is not built into this rloc yet".to_string(),
-            )
+        EmitKind::Cuda | EmitKind::Clif => {
+            let which = if what == EmitKind::Cuda {
+                "CUDA"
+            } else {
+                "Cranelift"
+            };
+            return Err(CliError::Plain(format!(
+                "`emit {}`: the {which} backend is not built into this rloc yet",
+                if what == EmitKind::Cuda {
+                    "cuda"
+                } else {
+                    "clif"
+                }
+            )));
         }
     };
-    print!("{text}");
+    out!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -91,8 +98,10 @@ pub fn schedule_text(c: &rlo_compiler::Compiled) -> String {
     out
 }
 
-pub fn explain(path: &Path, objective: Option<String>) -> Result<ExitCode, String> {
+pub fn explain(path: &Path, objective: Option<String>) -> Result<ExitCode, CliError> {
     let obj = compile_file(path, objective)?;
     let _ = obj;
-    Err("`explain`: the compiler's explain pass is not built into this rloc yet".to_string())
+    Err(CliError::Plain(
+        "`explain`: the compiler's explain pass is not built into this rloc yet".to_string(),
+    ))
 }

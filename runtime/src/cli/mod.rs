@@ -84,7 +84,21 @@ pub enum EmitKind {
     Clif,
 }
 
-pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+/// A failure of a subcommand: a plain message (`main` prefixes `error: `) or diagnostics already
+/// rendered against their source.
+#[derive(Debug)]
+pub enum CliError {
+    Plain(String),
+    Rendered(String),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> CliError {
+        CliError::Plain(s)
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Check {
             files,
@@ -115,12 +129,12 @@ fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap, format: MessageF
     match format {
         MessageFormat::Human => {
             for d in diags {
-                eprint!("{}", d.render(sources, color()));
+                err!("{}", d.render(sources, color()));
             }
         }
         MessageFormat::Json => {
             for d in diags {
-                println!("{}", d.to_json(sources));
+                outln!("{}", d.to_json(sources));
             }
         }
     }
@@ -130,9 +144,12 @@ fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap, format: MessageF
 pub fn compile_file(
     path: &Path,
     objective: Option<String>,
-) -> Result<rlo_runtime::Objective, String> {
+) -> Result<rlo_runtime::Objective, CliError> {
     let text = read_source(path)?;
-    let opts = rlo_compiler::Options { objective };
+    let opts = rlo_compiler::Options {
+        objective,
+        ..Default::default()
+    };
     match rlo_runtime::Objective::compile(&path.display().to_string(), &text, &opts) {
         Ok(obj) => {
             print_diagnostics(
@@ -142,7 +159,7 @@ pub fn compile_file(
             );
             Ok(obj)
         }
-        Err(f) => Err(f.render(color()).trim_end().to_string()),
+        Err(f) => Err(CliError::Rendered(f.render(color()))),
     }
 }
 
@@ -163,27 +180,35 @@ fn objective_names(text: &str) -> Vec<String> {
     }
 }
 
-fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
+/// The front end's "the file has no objective" (E0303).
+const NO_OBJECTIVE: &str = "E0303";
+
+fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, CliError> {
     let mut failed = false;
     for path in files {
         let text = match read_source(path) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 failed = true;
                 continue;
             }
         };
         let name = path.display().to_string();
-        // Check every objective of the file (a file of `fn`s only is checked as a whole).
+        // Check every objective of the file. A library (`fn`s only, like most of stdlib/) is
+        // checked as a whole; that it has no objective is then not an error.
         let mut targets: Vec<Option<String>> =
             objective_names(&text).into_iter().map(Some).collect();
+        let library = targets.is_empty();
         if targets.len() <= 1 {
             targets = vec![None];
         }
         let mut seen = std::collections::BTreeSet::new();
         for objective in targets {
-            let opts = rlo_compiler::Options { objective };
+            let opts = rlo_compiler::Options {
+                objective,
+                ..Default::default()
+            };
             match rlo_compiler::compile(&name, &text, &opts) {
                 Ok(c) => {
                     let fresh: Vec<Diagnostic> = c
@@ -194,16 +219,21 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
                     print_diagnostics(&fresh, &c.sources, format);
                 }
                 Err(f) => {
-                    failed = true;
                     let fresh: Vec<Diagnostic> = f
                         .diagnostics
                         .iter()
+                        .filter(|d| !(library && d.code == NO_OBJECTIVE))
                         .filter(|d| seen.insert(format!("{d:?}")))
                         .cloned()
                         .collect();
+                    if !fresh.iter().any(|d| d.is_error()) {
+                        print_diagnostics(&fresh, &f.sources, format);
+                        continue;
+                    }
+                    failed = true;
                     match format {
                         MessageFormat::Human => {
-                            eprint!(
+                            err!(
                                 "{}",
                                 rlo_grammar::diagnostic::render_all(&fresh, &f.sources, color())
                             )
@@ -221,14 +251,14 @@ fn check(files: &[PathBuf], format: MessageFormat) -> Result<ExitCode, String> {
     })
 }
 
-fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
+fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, CliError> {
     let mut failed = false;
     let mut unformatted = Vec::new();
     for path in files {
         let text = match read_source(path) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 failed = true;
                 continue;
             }
@@ -238,7 +268,7 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
         let ast = match rlo_grammar::parse(&text, id) {
             Ok(a) => a,
             Err(diags) => {
-                eprint!(
+                err!(
                     "{}",
                     rlo_grammar::diagnostic::render_all(&diags, &sources, color())
                 );
@@ -251,16 +281,16 @@ fn fmt(files: &[PathBuf], check_only: bool) -> Result<ExitCode, String> {
             if check_only {
                 unformatted.push(path.display().to_string());
             } else if let Err(e) = std::fs::write(path, formatted) {
-                eprintln!("error: {}: {e}", path.display());
+                errln!("error: {}: {e}", path.display());
                 failed = true;
             }
         }
     }
     for f in &unformatted {
-        println!("{f}");
+        outln!("{f}");
     }
     if !unformatted.is_empty() {
-        eprintln!(
+        errln!(
             "{} file{} not formatted (run `rloc fmt` to fix)",
             unformatted.len(),
             if unformatted.len() == 1 {

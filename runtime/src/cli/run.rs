@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use rlo_runtime::bind::BindOptions;
 use rlo_runtime::Backend;
 
-use super::compile_file;
+use super::{compile_file, CliError};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -54,7 +54,7 @@ fn parse_param(s: &str) -> Result<(String, f64), String> {
     Ok((k.trim().to_string(), value))
 }
 
-pub fn run(a: &RunArgs) -> Result<ExitCode, String> {
+pub fn run(a: &RunArgs) -> Result<ExitCode, CliError> {
     let overrides = a
         .params
         .iter()
@@ -80,9 +80,9 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
 
     let m = &obj.compiled.module;
-    println!("loss = {}", eval.loss);
+    outln!("loss = {}", eval.loss);
     for (metric, v) in m.metrics.iter().zip(&eval.metrics) {
-        println!("metric.{} = {v}", metric.name);
+        outln!("metric.{} = {v}", metric.name);
     }
     let dtype = if a.f64 {
         safetensors::Dtype::F64
