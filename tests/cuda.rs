@@ -292,6 +292,14 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
         },
         Tok,
     );
+    let dfc = b.f(
+        Expr::Scan {
+            op: ScanOp::DiscountedCumSum,
+            arg: drc,
+            discount: Some(gamma),
+        },
+        Tok,
+    );
     let pr = b.f(
         Expr::PosReduce {
             op: ReduceOp::Max,
@@ -307,7 +315,7 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
         Tok,
     );
     let mean_b = b.red(ReduceOp::Sum, seq_mean, Batch, None);
-    let g0 = b.bin(BinaryOp::Mul, rcs, drc);
+    let g0 = b.bin(BinaryOp::Mul, rcs, dfc);
     let g1 = b.bin(BinaryOp::Add, g0, pr);
     let g2 = b.bin(BinaryOp::Add, g1, tr);
     let g3 = b.bin(BinaryOp::Div, g2, mean_b);

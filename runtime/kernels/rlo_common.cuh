@@ -94,8 +94,9 @@ __device__ unsigned long long rlo_block_count(unsigned long long v) {
 // -----------------------------------------------------------------------------------------------
 // scans along one sequence (block-cooperative, chunks of blockDim.x tokens with a carry)
 //
-// All three scans are the linear recurrence y_r = a_r * y_{r-1} + b_r over the tokens in scan
-// order r (forward for cumsum, backward for the reverse scans), computed as an inclusive block
+// All four scans are the linear recurrence y_r = a_r * y_{r-1} + b_r over the tokens in scan
+// order r (forward for cumsum and the forward discounted scan `out[t] = x[t] + d[t-1]*out[t-1]`,
+// backward for the reverse scans), computed as an inclusive block
 // scan of (a, b) pairs under composition (a1,b1) then (a2,b2) = (a2*a1, a2*b1 + b2).
 
 struct rlo_affine { float a, b; };
@@ -133,6 +134,7 @@ __device__ rlo_affine rlo_block_scan_affine(rlo_affine v, rlo_affine* total) {
 #define RLO_SCAN_CUMSUM 0
 #define RLO_SCAN_REVCUMSUM 1
 #define RLO_SCAN_DISCOUNTED 2
+#define RLO_SCAN_DISCOUNTED_FWD 3
 
 // x(t): the value at position t; d(t): the discount at t (only for RLO_SCAN_DISCOUNTED);
 // st(t, y): stores the result at t.
@@ -142,13 +144,15 @@ __device__ void rlo_seq_scan(int kind, long long len, X x, D d, S st) {
     for (long long base = 0; base < len; base += blockDim.x) {
         const long long r = base + threadIdx.x;
         const bool live = r < len;
-        const long long t = kind == RLO_SCAN_CUMSUM ? r : len - 1 - r;
+        const bool fwd = kind == RLO_SCAN_CUMSUM || kind == RLO_SCAN_DISCOUNTED_FWD;
+        const long long t = fwd ? r : len - 1 - r;
         rlo_affine e;
         e.a = 1.0f;
         e.b = 0.0f;
         if (live) {
             e.b = x(t);
             if (kind == RLO_SCAN_DISCOUNTED) { e.a = (t == len - 1) ? 0.0f : d(t); }
+            if (kind == RLO_SCAN_DISCOUNTED_FWD) { e.a = (t == 0) ? 0.0f : d(t - 1); }
         }
         rlo_affine total;
         const rlo_affine p = rlo_block_scan_affine(e, &total);

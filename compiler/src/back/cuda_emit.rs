@@ -538,6 +538,7 @@ fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R<String> {
         ScanOp::CumSum => "RLO_SCAN_CUMSUM",
         ScanOp::RevCumSum => "RLO_SCAN_REVCUMSUM",
         ScanOp::DiscountedRevCumSum => "RLO_SCAN_DISCOUNTED",
+        ScanOp::DiscountedCumSum => "RLO_SCAN_DISCOUNTED_FWD",
     };
     let x = val(p, locals, arg, Level::Tok)?;
     let d = match discount {
@@ -734,6 +735,51 @@ fn fin_value(op: ReduceOp) -> &'static str {
     }
 }
 
+/// A reduction over the sequences of each group (one thread per group, serial) or of the batch
+/// (block-cooperative); `body` folds one element into `acc` / `n`.
+#[allow(clippy::too_many_arguments)]
+fn write_seq_reduce(
+    w: &mut W,
+    op: ReduceOp,
+    to: Level,
+    n: usize,
+    loops: &[String],
+    nc: usize,
+    body: &str,
+    sc: &str,
+) {
+    let serial = to == Level::Group;
+    w.line(&format!("// e{n}: reduce -> {to}{sc}"));
+    if serial {
+        w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
+    } else {
+        unit_serial(w, to);
+    }
+    w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
+    for l in loops {
+        w.open(l);
+        if !l.ends_with('{') {
+            w.indent -= 1;
+        }
+    }
+    w.line(body);
+    for _ in 0..nc {
+        w.close("}");
+    }
+    if serial {
+        w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
+    } else {
+        w.line(&format!("acc = {}(acc);", block_fn(op)));
+        w.line("n = rlo_block_sum(n);");
+        w.line(&format!(
+            "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = {}; }}",
+            idx(to),
+            fin_value(op)
+        ));
+    }
+    w.close("}");
+}
+
 fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
     let m = p.m;
     let n = h.index();
@@ -773,6 +819,36 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                     fin_value(op)
                 ));
                 w.close("}");
+            }
+        }
+        Expr::Reduce {
+            op,
+            arg,
+            to,
+            filter: None,
+        } if m.level(arg) == Level::Tok && m.level(p.canon[arg]) >= Level::Seq => {
+            // a per-sequence constant over the tokens (seq_len, num_tokens, ...): closed form
+            // per sequence, no token loop
+            let c = val(p, &[], arg, Level::Seq)?;
+            let per_seq = match op {
+                ReduceOp::Sum => format!("({c} * (float)RLO_LEN(s))"),
+                ReduceOp::Max | ReduceOp::Min => format!("(RLO_LEN(s) > 0 ? {c} : 0.0f)"),
+            };
+            if to == Level::Seq {
+                let body = format!("ctx.v{n}[s] = {per_seq};{sc}");
+                level_loop(p, w, Level::Seq, &body, false, "");
+            } else {
+                let (loops, nc) = enum_loops(Level::Seq, to, to != Level::Group)
+                    .ok_or_else(|| err(m, h, "unsupported reduction levels"))?;
+                let value = match op {
+                    ReduceOp::Sum => per_seq,
+                    ReduceOp::Max | ReduceOp::Min => c,
+                };
+                let mut body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &value));
+                if op != ReduceOp::Sum {
+                    body = format!("if (RLO_LEN(s) > 0) {{ {body} }}");
+                }
+                write_seq_reduce(w, op, to, n, &loops, nc, &body, &sc);
             }
         }
         Expr::Reduce {
