@@ -488,6 +488,9 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
         match emit(&c.module, &s, &opts) {
             Ok(p) => {
                 assert!(p.source.contains(&format!("rlo_{}_", p.ident)));
+                if let Ok(dir) = std::env::var("RLO_DUMP_CU") {
+                    let _ = std::fs::write(format!("{dir}/{name}.cu"), &p.source);
+                }
                 if have_nvrtc {
                     nvrtc_compile(&p);
                 }

@@ -499,7 +499,7 @@ fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
                 s.push(' ');
             }
             s.push_str(&format!(
-                "const float y = {}; if (y < x0 || (y == x0 && {} < j0)) {{ r += 1.0f; }} ",
+                "const float y = {}; if (rlo_before(y, x0) || (rlo_same(y, x0) && {} < j0)) {{ r += 1.0f; }} ",
                 val(p, &[], arg, level)?,
                 idx(level)
             ));
@@ -825,14 +825,21 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             op,
             arg,
             to,
-            filter: None,
-        } if m.level(arg) == Level::Tok && m.level(p.canon[arg]) >= Level::Seq => {
-            // a per-sequence constant over the tokens (seq_len, num_tokens, ...): closed form
-            // per sequence, no token loop
+            filter,
+        } if m.level(arg) == Level::Tok
+            && m.level(p.canon[arg]) >= Level::Seq
+            && filter.is_none_or(|f| m.level(p.canon[f]) >= Level::Seq) =>
+        {
+            // a per-sequence constant over the tokens (seq_len, num_tokens, filtered by a
+            // per-sequence condition): closed form per sequence, no token loop
             let c = val(p, &[], arg, Level::Seq)?;
+            let live = match filter {
+                Some(f) => format!("({} && RLO_LEN(s) > 0)", val(p, &[], f, Level::Seq)?),
+                None => "(RLO_LEN(s) > 0)".to_string(),
+            };
             let per_seq = match op {
-                ReduceOp::Sum => format!("({c} * (float)RLO_LEN(s))"),
-                ReduceOp::Max | ReduceOp::Min => format!("(RLO_LEN(s) > 0 ? {c} : 0.0f)"),
+                ReduceOp::Sum => format!("({live} ? {c} * (float)RLO_LEN(s) : 0.0f)"),
+                ReduceOp::Max | ReduceOp::Min => format!("({live} ? {c} : 0.0f)"),
             };
             if to == Level::Seq {
                 let body = format!("ctx.v{n}[s] = {per_seq};{sc}");
@@ -846,7 +853,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 };
                 let mut body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &value));
                 if op != ReduceOp::Sum {
-                    body = format!("if (RLO_LEN(s) > 0) {{ {body} }}");
+                    body = format!("if {live} {{ {body} }}");
                 }
                 write_seq_reduce(w, op, to, n, &loops, nc, &body, &sc);
             }
