@@ -77,14 +77,18 @@ pub(super) fn write_program(
     w.line("#else");
     w.line("#define RLO_TOK(s, t) ((long long)ctx.seq_off[s] + (long long)(t))");
     w.line("#endif");
+    w.line("// packed turn of a token (single-turn data: tok_turn is null and the turn is s)");
+    w.line("#define RLO_TURN(i) (ctx.tok_turn ? (long long)ctx.tok_turn[i] : (long long)(s))");
     w.line("");
     w.open("struct RloCtx {");
-    w.line("long long n_seqs, n_groups, n_tokens, tok_stride;");
+    w.line("long long n_seqs, n_groups, n_tokens, tok_stride, n_turns;");
     w.line("const int* seq_off;     // (B+1) packed token offsets");
     w.line("const int* seq_len;     // (B) valid tokens per sequence");
     w.line("const int* seq_group;   // (B) group of each sequence");
     w.line("const int* group_off;   // (G+1) offsets into group_seqs");
     w.line("const int* group_seqs;  // (B) sequences of each group, ascending");
+    w.line("const int* turn_off;    // (B+1) packed turn offsets");
+    w.line("const int* tok_turn;    // (tokens) packed turn of each token, or null");
     for s in slots {
         match s {
             Slot::Input(i) => {
@@ -252,6 +256,15 @@ fn idx(level: Level) -> &'static str {
     }
 }
 
+/// The index of a `level` value at the current element of `frame` (`frame <= level`).
+fn idx_in(level: Level, frame: Level) -> &'static str {
+    if level == Level::Turn && frame == Level::Tok {
+        "RLO_TURN(i)"
+    } else {
+        idx(level)
+    }
+}
+
 /// The C expression of `h`'s value at the current element of `frame`.
 fn val(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<String> {
     let m = p.m;
@@ -268,9 +281,15 @@ fn val(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
         Expr::Const(x) => f32_lit(x),
         Expr::Bool(b) => if b { "true" } else { "false" }.to_string(),
         Expr::Param(i) => format!("p{i}"),
-        Expr::Input(i) => load(format!("rlo_ld(ctx.in{i}, {})", idx(level)), m.ty(c).dtype),
+        Expr::Input(i) => load(
+            format!("rlo_ld(ctx.in{i}, {})", idx_in(level, frame)),
+            m.ty(c).dtype,
+        ),
         Expr::Index(IndexKind::Pos) => "((float)t)".to_string(),
-        Expr::Index(IndexKind::TurnIndex) => return Err(err(m, h, "turn_index unsupported")),
+        Expr::Index(IndexKind::TurnIndex) => format!(
+            "((float)({} - (long long)ctx.turn_off[s]))",
+            idx_in(Level::Turn, frame)
+        ),
         Expr::Unary { .. }
         | Expr::Binary { .. }
         | Expr::Select { .. }
@@ -284,7 +303,10 @@ fn val(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
             if locals.contains(&c) {
                 format!("e{}", c.index())
             } else if p.stored[c] {
-                load(format!("ctx.v{}[{}]", c.index(), idx(level)), m.ty(c).dtype)
+                load(
+                    format!("ctx.v{}[{}]", c.index(), idx_in(level, frame)),
+                    m.ty(c).dtype,
+                )
             } else {
                 return Err(err(m, h, "internal: value not available in this kernel"));
             }
@@ -365,6 +387,32 @@ fn enum_loops(elem: Level, unit: Level, strided: bool) -> Option<(Vec<String>, u
             l.extend(tok(b, st));
             (l, 2)
         }
+        (Level::Turn, Level::Seq) => (
+            vec![format!(
+                "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
+            )],
+            1,
+        ),
+        (Level::Turn, Level::Group) => (
+            vec![
+                "for (long long m = ctx.group_off[g]; m < ctx.group_off[g + 1]; ++m) {".to_string(),
+                "const long long s = ctx.group_seqs[m];".to_string(),
+                format!(
+                    "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
+                ),
+            ],
+            2,
+        ),
+        (Level::Turn, Level::Batch) => (
+            vec![
+                "for (long long s = 0; s < ctx.n_seqs; ++s) {".to_string(),
+                "const long long g = ctx.seq_group[s];".to_string(),
+                format!(
+                    "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
+                ),
+            ],
+            2,
+        ),
         (Level::Seq, Level::Group) => (
             vec![
                 format!("for (long long m = ctx.group_off[g] + {b}; m < ctx.group_off[g + 1]; m += {st}) {{"),
@@ -404,7 +452,15 @@ fn unit_serial(w: &mut W, unit: Level) {
 /// the padding of root buffer `name` when `tail`.
 fn level_loop(p: &Plan, w: &mut W, level: Level, body: &str, tail: bool, name: &str) {
     match level {
-        Level::Tok | Level::Turn => {
+        Level::Turn => {
+            w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
+            w.line(body);
+            w.close("}");
+            w.close("}");
+        }
+        Level::Tok => {
             w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
             w.line("const long long g = ctx.seq_group[s];");
             w.open("for (long long t = threadIdx.x; t < RLO_LEN(s); t += blockDim.x) {");
@@ -540,6 +596,19 @@ fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R<String> {
         ScanOp::DiscountedRevCumSum => "RLO_SCAN_DISCOUNTED",
         ScanOp::DiscountedCumSum => "RLO_SCAN_DISCOUNTED_FWD",
     };
+    if m.level(arg) == Level::Turn {
+        // over the turns of sequence s: position t is turn turn_off[s] + t
+        let x = val(p, locals, arg, Level::Turn)?;
+        let d = match discount {
+            Some(d) => val(p, locals, d, Level::Turn)?,
+            None => "0.0f".to_string(),
+        };
+        return Ok(format!(
+            "rlo_seq_scan({kind}, (long long)(ctx.turn_off[s + 1] - ctx.turn_off[s]), [&](long long t) -> float {{ const long long k = ctx.turn_off[s] + t; return {x}; }}, [&](long long t) -> float {{ const long long k = ctx.turn_off[s] + t; (void)k; return {d}; }}, [&](long long t, float y) {{ ctx.v{}[ctx.turn_off[s] + t] = y; }});{}",
+            h.index(),
+            span_comment(p, h)
+        ));
+    }
     let x = val(p, locals, arg, Level::Tok)?;
     let d = match discount {
         Some(d) => val(p, locals, d, Level::Tok)?,
@@ -583,6 +652,13 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         .iter()
         .copied()
         .filter(|&h| matches!(p.role[h], Role::Acc { .. }))
+        .filter(|&h| !matches!(m.exprs[h], Expr::Reduce { to: Level::Turn, .. }))
+        .collect();
+    let turn_accs: Vec<Handle<Expr>> = k
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&h| matches!(m.exprs[h], Expr::Reduce { to: Level::Turn, .. }))
         .collect();
     for &h in &accs {
         if let Expr::Reduce { op, .. } = m.exprs[h] {
@@ -615,6 +691,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 continue;
             }
             match m.exprs[h] {
+                Expr::Reduce { to: Level::Turn, .. } => {}
                 Expr::Reduce {
                     op, arg, filter, ..
                 } => {
@@ -679,6 +756,13 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
             w.close("}");
         }
     }
+    if !turn_accs.is_empty() {
+        w.line("__syncthreads();");
+        for &h in &turn_accs {
+            w.line(&format!("// e{}: reduce tok -> turn{}", h.index(), span_comment(p, h)));
+            turn_reduce(p, w, h)?;
+        }
+    }
     for &h in &accs {
         let Expr::Reduce { op, to, .. } = m.exprs[h] else {
             continue;
@@ -733,6 +817,59 @@ fn fin_value(op: ReduceOp) -> &'static str {
         ReduceOp::Sum => "acc",
         ReduceOp::Max | ReduceOp::Min => "(n > 0.0f ? acc : 0.0f)",
     }
+}
+
+/// Whether a reduction or quantile from `el` to `to` runs one thread per unit (small units:
+/// the sequences of a group, the turns of a sequence or of a group's sequences).
+fn serial_unit(el: Level, to: Level) -> bool {
+    matches!(
+        (el, to),
+        (Level::Seq, Level::Group) | (Level::Turn, Level::Seq) | (Level::Turn, Level::Group)
+    )
+}
+
+/// One thread per element of `to` (group or sequence), with its coordinates.
+fn open_thread_per_unit(w: &mut W, to: Level) {
+    if to == Level::Seq {
+        w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
+        w.line("const long long g = ctx.seq_group[s];");
+    } else {
+        w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
+    }
+}
+
+/// Token → turn reduction of sequence `s` (in scope with `g`, `len`): one thread per turn finds
+/// the turn's token range by binary search of `tok_turn` (non-decreasing along a sequence) and
+/// folds it in order. Reads only stored or inline values.
+fn turn_reduce(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
+    let m = p.m;
+    let Expr::Reduce {
+        op, arg, filter, ..
+    } = m.exprs[h]
+    else {
+        return Err(err(m, h, "internal: not a reduction"));
+    };
+    let n = h.index();
+    let v = val(p, &[], arg, Level::Tok)?;
+    let fold = format!("{} n += 1.0f;", reduce_fold(op, "acc", &v));
+    let fold = match filter {
+        Some(f) => format!("if ({}) {{ {fold} }}", val(p, &[], f, Level::Tok)?),
+        None => fold,
+    };
+    w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
+    w.line("long long lo = 0, hi = len;");
+    w.line("while (lo < hi) { const long long mid = (lo + hi) / 2; if (RLO_TURN(RLO_TOK(s, mid)) < k) { lo = mid + 1; } else { hi = mid; } }");
+    w.line("const long long t0 = lo;");
+    w.line("hi = len;");
+    w.line("while (lo < hi) { const long long mid = (lo + hi) / 2; if (RLO_TURN(RLO_TOK(s, mid)) <= k) { lo = mid + 1; } else { hi = mid; } }");
+    w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
+    w.open("for (long long t = t0; t < lo; ++t) {");
+    w.line("const long long i = RLO_TOK(s, t);");
+    w.line(&fold);
+    w.close("}");
+    w.line(&format!("ctx.v{n}[k] = {};", fin_value(op)));
+    w.close("}");
+    Ok(())
 }
 
 /// A reduction over the sequences of each group (one thread per group, serial) or of the batch
@@ -859,13 +996,24 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             }
         }
         Expr::Reduce {
+            op, to: Level::Turn, ..
+        } => {
+            let _ = op;
+            w.line(&format!("// e{n}: reduce tok -> turn{sc}"));
+            w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.line("const long long len = RLO_LEN(s);");
+            turn_reduce(p, w, h)?;
+            w.close("}");
+        }
+        Expr::Reduce {
             op,
             arg,
             to,
             filter,
         } => {
             let el = m.level(arg);
-            let serial = el == Level::Seq && to == Level::Group;
+            let serial = serial_unit(el, to);
             let (loops, nc) = enum_loops(el, to, !serial)
                 .ok_or_else(|| err(m, h, "unsupported reduction levels"))?;
             let v = val(p, &[], arg, el)?;
@@ -876,7 +1024,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             };
             w.line(&format!("// e{n}: reduce {el} -> {to}{sc}"));
             if serial {
-                w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
+                open_thread_per_unit(w, to);
             } else {
                 unit_serial(w, to);
             }
@@ -892,7 +1040,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 w.close("}");
             }
             if serial {
-                w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
+                w.line(&format!("ctx.v{n}[{}] = {};", idx(to), fin_value(op)));
             } else {
                 w.line(&format!("acc = {}(acc);", block_fn(op)));
                 w.line("n = rlo_block_sum(n);");
@@ -906,7 +1054,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
         }
         Expr::Quantile { arg, q, to, filter } => {
             let el = m.level(arg);
-            let serial = el == Level::Seq && to == Level::Group;
+            let serial = serial_unit(el, to);
             let (loops, nc) = enum_loops(el, to, !serial)
                 .ok_or_else(|| err(m, h, "unsupported quantile levels"))?;
             let v = val(p, &[], arg, el)?;
@@ -916,7 +1064,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             };
             w.line(&format!("// e{n}: quantile {el} -> {to}{sc}"));
             if serial {
-                w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
+                open_thread_per_unit(w, to);
             } else {
                 unit_serial(w, to);
             }
@@ -933,7 +1081,10 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             w.line(&each);
             let qv = val(p, &[], q, to)?;
             if serial {
-                w.line(&format!("ctx.v{n}[g] = rlo_serial_quantile(each, {qv});"));
+                w.line(&format!(
+                    "ctx.v{n}[{}] = rlo_serial_quantile(each, {qv});",
+                    idx(to)
+                ));
             } else {
                 w.line(&format!("const float r = rlo_block_quantile(each, {qv});"));
                 w.line(&format!(
@@ -946,6 +1097,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
         Expr::Scan { .. } => {
             w.line(&format!("// e{n}: scan, one sequence at a time"));
             w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
+            w.line("const long long g = ctx.seq_group[s];");
             w.line(&scan_call(p, &[], h)?);
             if p.tok_root[h] && p.opts.layout == TokLayout::Padded {
                 w.open("for (long long t = RLO_LEN(s) + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
