@@ -387,6 +387,11 @@ fn enum_loops(elem: Level, unit: Level, strided: bool) -> Option<(Vec<String>, u
             l.extend(tok(b, st));
             (l, 2)
         }
+        (Level::Tok, Level::Turn) => {
+            let mut l = tok(b, st);
+            l.push("if (RLO_TURN(i) == k) {".to_string());
+            (l, 2)
+        }
         (Level::Turn, Level::Seq) => (
             vec![format!(
                 "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
@@ -550,6 +555,9 @@ fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
                 v(arg)?,
                 idx(level)
             );
+            if within == Level::Turn {
+                s.push_str("const long long k = RLO_TURN(i); ");
+            }
             for l in loops {
                 s.push_str(&l);
                 s.push(' ');
@@ -824,18 +832,29 @@ fn fin_value(op: ReduceOp) -> &'static str {
 fn serial_unit(el: Level, to: Level) -> bool {
     matches!(
         (el, to),
-        (Level::Seq, Level::Group) | (Level::Turn, Level::Seq) | (Level::Turn, Level::Group)
+        (Level::Seq, Level::Group)
+            | (Level::Turn, Level::Seq)
+            | (Level::Turn, Level::Group)
+            | (Level::Tok, Level::Turn)
     )
 }
 
-/// One thread per element of `to` (group or sequence), with its coordinates.
-fn open_thread_per_unit(w: &mut W, to: Level) {
+/// One thread per element of `to` (group, sequence or turn), with its coordinates; the caller
+/// closes one scope, this adds the extra ones it opened (returned).
+fn open_thread_per_unit(w: &mut W, to: Level) -> usize {
+    if to == Level::Turn {
+        w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
+        w.line("const long long g = ctx.seq_group[s];");
+        w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
+        return 1;
+    }
     if to == Level::Seq {
         w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
         w.line("const long long g = ctx.seq_group[s];");
     } else {
         w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
     }
+    0
 }
 
 /// Token → turn reduction of sequence `s` (in scope with `g`, `len`): one thread per turn finds
@@ -1023,11 +1042,12 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 None => body,
             };
             w.line(&format!("// e{n}: reduce {el} -> {to}{sc}"));
-            if serial {
-                open_thread_per_unit(w, to);
+            let extra = if serial {
+                open_thread_per_unit(w, to)
             } else {
                 unit_serial(w, to);
-            }
+                0
+            };
             w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
             for l in &loops {
                 w.open(l);
@@ -1051,6 +1071,9 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 ));
             }
             w.close("}");
+            for _ in 0..extra {
+                w.close("}");
+            }
         }
         Expr::Quantile { arg, q, to, filter } => {
             let el = m.level(arg);
@@ -1063,11 +1086,12 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 None => format!("f({v});"),
             };
             w.line(&format!("// e{n}: quantile {el} -> {to}{sc}"));
-            if serial {
-                open_thread_per_unit(w, to);
+            let extra = if serial {
+                open_thread_per_unit(w, to)
             } else {
                 unit_serial(w, to);
-            }
+                0
+            };
             let mut each = String::from("auto each = [&](auto&& f) { ");
             for l in &loops {
                 each.push_str(l);
@@ -1093,6 +1117,9 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 ));
             }
             w.close("}");
+            for _ in 0..extra {
+                w.close("}");
+            }
         }
         Expr::Scan { .. } => {
             w.line(&format!("// e{n}: scan, one sequence at a time"));
