@@ -473,7 +473,13 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
             Role::None => {}
             Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
                 let is_scan = matches!(e, Expr::Scan { .. })
-                    || matches!(e, Expr::Reduce { to: Level::Turn, .. });
+                    || matches!(
+                        e,
+                        Expr::Reduce {
+                            to: Level::Turn,
+                            ..
+                        }
+                    );
                 let needs_all = matches!(e, Expr::Rank { .. } | Expr::PosReduce { .. });
                 let mut sweep = 0usize;
                 let mut body_op = false;

@@ -660,13 +660,29 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         .iter()
         .copied()
         .filter(|&h| matches!(p.role[h], Role::Acc { .. }))
-        .filter(|&h| !matches!(m.exprs[h], Expr::Reduce { to: Level::Turn, .. }))
+        .filter(|&h| {
+            !matches!(
+                m.exprs[h],
+                Expr::Reduce {
+                    to: Level::Turn,
+                    ..
+                }
+            )
+        })
         .collect();
     let turn_accs: Vec<Handle<Expr>> = k
         .nodes
         .iter()
         .copied()
-        .filter(|&h| matches!(m.exprs[h], Expr::Reduce { to: Level::Turn, .. }))
+        .filter(|&h| {
+            matches!(
+                m.exprs[h],
+                Expr::Reduce {
+                    to: Level::Turn,
+                    ..
+                }
+            )
+        })
         .collect();
     for &h in &accs {
         if let Expr::Reduce { op, .. } = m.exprs[h] {
@@ -699,7 +715,9 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 continue;
             }
             match m.exprs[h] {
-                Expr::Reduce { to: Level::Turn, .. } => {}
+                Expr::Reduce {
+                    to: Level::Turn, ..
+                } => {}
                 Expr::Reduce {
                     op, arg, filter, ..
                 } => {
@@ -767,7 +785,11 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
     if !turn_accs.is_empty() {
         w.line("__syncthreads();");
         for &h in &turn_accs {
-            w.line(&format!("// e{}: reduce tok -> turn{}", h.index(), span_comment(p, h)));
+            w.line(&format!(
+                "// e{}: reduce tok -> turn{}",
+                h.index(),
+                span_comment(p, h)
+            ));
             turn_reduce(p, w, h)?;
         }
     }
@@ -1015,7 +1037,9 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             }
         }
         Expr::Reduce {
-            op, to: Level::Turn, ..
+            op,
+            to: Level::Turn,
+            ..
         } => {
             let _ = op;
             w.line(&format!("// e{n}: reduce tok -> turn{sc}"));
