@@ -298,3 +298,18 @@ impl CudaDevice {
         }
     }
 }
+
+/// The generated CUDA of a compiled objective as `rloc emit cuda` shows it (packed layout, f32
+/// inputs, span comments; without the prepended `rlo_common.cuh`).
+pub fn emit_text(c: &rlo_compiler::Compiled) -> Result<String, RuntimeError> {
+    let opts = rlo_compiler::back::cuda::CudaOptions {
+        sources: Some(c.sources.clone()),
+        ..Default::default()
+    };
+    rlo_compiler::back::cuda::emit(&c.module, &c.schedule, &opts)
+        .map(|p| p.source)
+        .map_err(|e| RuntimeError::CudaCodegen {
+            location: c.sources.location(e.span),
+            message: e.message,
+        })
+}
