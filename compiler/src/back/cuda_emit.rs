@@ -460,12 +460,24 @@ fn unit_serial(w: &mut W, unit: Level) {
 /// A block-strided loop over the elements of `level` with `body` inside; token loops zero-fill
 /// the padding of root buffer `name` when `tail`.
 fn level_loop(p: &Plan, w: &mut W, level: Level, body: &str, tail: bool, name: &str) {
+    let tails = if tail {
+        vec![name.to_string()]
+    } else {
+        Vec::new()
+    };
+    level_loop_lines(p, w, level, &[body.to_string()], &tails);
+}
+
+/// [`level_loop`] with several body lines and the root buffers whose padding is zero-filled.
+fn level_loop_lines(p: &Plan, w: &mut W, level: Level, body: &[String], tails: &[String]) {
     match level {
         Level::Turn => {
             w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
             w.line("const long long g = ctx.seq_group[s];");
             w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
             w.close("}");
         }
@@ -474,11 +486,15 @@ fn level_loop(p: &Plan, w: &mut W, level: Level, body: &str, tail: bool, name: &
             w.line("const long long g = ctx.seq_group[s];");
             w.open("for (long long t = threadIdx.x; t < RLO_LEN(s); t += blockDim.x) {");
             w.line("const long long i = RLO_TOK(s, t);");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
-            if tail && p.opts.layout == TokLayout::Padded {
+            if !tails.is_empty() && p.opts.layout == TokLayout::Padded {
                 w.open("for (long long t = RLO_LEN(s) + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
-                w.line(&format!("ctx.{name}[RLO_TOK(s, t)] = 0.0f;"));
+                for name in tails {
+                    w.line(&format!("ctx.{name}[RLO_TOK(s, t)] = 0.0f;"));
+                }
                 w.close("}");
             }
             w.close("}");
@@ -486,17 +502,23 @@ fn level_loop(p: &Plan, w: &mut W, level: Level, body: &str, tail: bool, name: &
         Level::Seq => {
             w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
             w.line("const long long g = ctx.seq_group[s];");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
         }
         Level::Group => {
             w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
         }
         Level::Batch => {
             w.open("if (threadIdx.x == 0) {");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
         }
     }

@@ -4,13 +4,65 @@
 
 use super::*;
 
+/// Elementwise statements, fusable into one loop with their neighbours of the same level.
+fn fusable(p: &Plan, h: Handle<Expr>) -> bool {
+    matches!(
+        p.m.exprs[h],
+        Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. }
+    ) && !matches!(p.role[h], Role::Acc { .. })
+}
+
 pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
     open_single(p, w, &k.name);
-    for &h in &k.nodes {
-        write_stmt(p, w, h)?;
+    let nodes = &k.nodes;
+    let mut i = 0;
+    while let Some(&h) = nodes.get(i) {
+        if fusable(p, h) {
+            // a run of elementwise nodes at one level: one loop, values kept in registers (an
+            // element's operands at this level are computed by the same thread)
+            let level = p.m.level(h);
+            let mut run = Vec::new();
+            while let Some(&x) = nodes.get(i) {
+                if !fusable(p, x) || p.m.level(x) != level {
+                    break;
+                }
+                run.push(x);
+                i += 1;
+            }
+            write_run(p, w, &run, level)?;
+        } else {
+            write_stmt(p, w, h)?;
+            i += 1;
+        }
         w.line("__syncthreads();");
     }
     w.close("}");
+    Ok(())
+}
+
+fn write_run(p: &Plan, w: &mut W, run: &[Handle<Expr>], level: Level) -> R<()> {
+    let mut locals = Vec::new();
+    let mut body = Vec::new();
+    let mut tails = Vec::new();
+    for &h in run {
+        let n = h.index();
+        let e = rhs(p, &locals, h, level)?;
+        body.push(format!(
+            "const {} e{n} = {e};{}",
+            c_ty(p, h),
+            span_comment(p, h)
+        ));
+        body.push(format!(
+            "ctx.v{n}[{}] = {};",
+            idx(level),
+            store_expr(p, h, &format!("e{n}"))
+        ));
+        locals.push(h);
+        if p.tok_root[h] {
+            tails.push(format!("v{n}"));
+        }
+    }
+    level_loop_lines(p, w, level, &body, &tails);
     Ok(())
 }
 
