@@ -412,3 +412,31 @@ fn every_stdlib_file_passes_unmutated() {
         );
     }
 }
+
+/// In-process `compile` time of the generated 500-line file (`tests/gen_500_lines.py`):
+/// `cargo test --release -p rlo-tests --test robust compile_time -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing: run in release with --nocapture"]
+fn compile_time_500_lines() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/gen_500_lines.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().count() >= 500);
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let c = compile("big.rlo", &text, &Options::default());
+        times.push(t.elapsed());
+        assert!(c.is_ok(), "{}", c.err().map(|f| f.render(false)).unwrap());
+    }
+    times.sort();
+    eprintln!(
+        "compile (500 lines): min {:.2?} median {:.2?} max {:.2?}",
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
