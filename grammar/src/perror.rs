@@ -36,11 +36,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::paren
         | Rule::number
         | Rule::boolean
-        | Rule::call
-        | Rule::callee
         | Rule::name
         | Rule::kw_if => "an expression",
-        Rule::arg | Rule::arg_name => "an argument",
+        Rule::args | Rule::arg | Rule::arg_name => "an argument",
         Rule::infix => "an operator",
         Rule::ident => "a name",
         Rule::stmt
@@ -54,7 +52,8 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::kw_loss
         | Rule::kw_metric
         | Rule::kw_output => "a statement (`input`, `let`, `loss`, `metric`, `output`)",
-        Rule::use_decl
+        Rule::file
+        | Rule::use_decl
         | Rule::fn_decl
         | Rule::objective_decl
         | Rule::kw_use
@@ -189,10 +188,9 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
         );
     }
 
-    // "an operator" is noise when a statement/item/`}` was the real alternative; keep it only
-    // when nothing else is expected.
+    // `:` (after a would-be argument name) and "an argument" only help when alone.
     if expected.len() > 1 {
-        expected.retain(|e| e != "an operator" && e != "an argument");
+        expected.retain(|e| e != "`:`" && e != "an argument");
     }
     if expected.is_empty() {
         expected.push("something else".to_string());
@@ -209,7 +207,31 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
     }
     let fn_body = expected.iter().any(|e| e.starts_with("a statement")) && wants_expr;
     if fn_body && found == "`}`" {
-        d = d.with_help("a `fn` body ends with the expression it returns");
+        d = match minus_continuation(src, pos) {
+            Some(line) => d
+                .with_secondary(
+                    Span::new(file, line, line + 1),
+                    "this `-` continues the expression of the line above",
+                )
+                .with_help(
+                    "a newline does not end an expression; to start the result with a minus, \
+                     wrap it in parentheses: `(-x * y)`",
+                ),
+            None => d.with_help("a `fn` body ends with the expression it returns"),
+        };
+    }
+    let stmt_kw = ["input", "let", "loss", "metric", "output"].contains(&word.as_str());
+    if stmt_kw && expected.iter().any(|e| e.starts_with("an item")) {
+        d = d.with_help("statements go inside an `objective name() { ... }`");
+    }
+    let before = src.get(..pos).unwrap_or("");
+    if found == "`(`"
+        && before.ends_with([' ', '\t'])
+        && before
+            .trim_end()
+            .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    {
+        d = d.with_help("in a call, `(` follows the function name directly: `f(x)`");
     }
     if found == "`&`" || found == "`|`" {
         d = d.with_help("the logical operators are `&&` and `||`");
@@ -218,6 +240,22 @@ pub fn convert(src: &str, file: FileId, err: &Error<Rule>) -> Diagnostic {
         d = d.with_help("use `==` to compare");
     }
     d
+}
+
+/// The `-` starting a line between the last `let` before `pos` and `pos`, if any: the usual
+/// reason a fn body "has no result" (the result line continued the last `let`).
+fn minus_continuation(src: &str, pos: usize) -> Option<usize> {
+    let before = src.get(..pos)?;
+    let from = before.rfind("let ")?;
+    let mut offset = from;
+    for line in before.get(from..)?.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('-') {
+            return Some(offset + (line.len() - t.len()));
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// Rules that name what may come next (not the enclosing construct being parsed).
