@@ -76,7 +76,10 @@ fn check(m: &Module, s: &Schedule, batch: &Batch, params: &[f64], st: &mut Stats
 
 /// A module whose loss is `batch_sum(w · f(x))` for the primitive `f`, with `x` diff inputs at
 /// each level and `w` random weights at the result's level.
-fn prim_module(f: &dyn Fn(&mut Builder, &[Handle<Expr>]) -> Handle<Expr>) -> Module {
+/// Builds the node under test from the builder and the input handles.
+type Prim<'a> = &'a dyn Fn(&mut Builder, &[Handle<Expr>]) -> Handle<Expr>;
+
+fn prim_module(f: Prim) -> Module {
     let inputs: Vec<(&str, Level, DType, bool)> = vec![
         ("xt", Level::Tok, DType::F32, true),
         ("yt", Level::Tok, DType::F32, true),
@@ -115,7 +118,7 @@ fn prim_module(f: &dyn Fn(&mut Builder, &[Handle<Expr>]) -> Handle<Expr>) -> Mod
     finish(b, loss, &[], &[])
 }
 
-fn run_prim(name: &str, f: &dyn Fn(&mut Builder, &[Handle<Expr>]) -> Handle<Expr>) -> Stats {
+fn run_prim(name: &str, f: Prim) -> Stats {
     let m = prim_module(f);
     let (m, s) = compile_module(m).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut st = Stats::default();

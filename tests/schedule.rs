@@ -163,8 +163,9 @@ fn micro_batches_add_up() {
                 loss += ev.loss;
                 let mut k = 0;
                 for &s in &sub.seqs {
-                    for t in layout.seq_offsets[s]..layout.seq_offsets[s + 1] {
-                        grad[t] += ev.grads[0][k];
+                    let r = layout.seq_offsets[s]..layout.seq_offsets[s + 1];
+                    for g in &mut grad[r] {
+                        *g += ev.grads[0][k];
                         k += 1;
                     }
                 }
