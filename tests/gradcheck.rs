@@ -302,9 +302,22 @@ fn scans_ranks_quantiles_posreduce() {
             }
         }
     }
+    // Ties: every token of a sequence has the same value; the order statistics are tied and the
+    // gradient still sums to exactly 1 per (non-empty) sequence.
+    for qv in [0.0, 0.4, 1.0] {
+        run_prim("quantile ties", &|b, x| {
+            let y = b.bcast(x[3], Level::Tok);
+            let q = b.constant(qv);
+            b.quantile(y, q, Level::Seq, None)
+        });
+    }
     for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
         run_prim(&format!("posreduce {op:?}"), &|b, x| b.pos_reduce(op, x[0]));
     }
+    run_prim("posreduce ties", &|b, x| {
+        let y = b.bcast(x[5], Level::Tok);
+        b.pos_reduce(ReduceOp::Max, y)
+    });
     run_prim("pos", &|b, x| {
         let p = b.index(IndexKind::Pos);
         let t = b.index(IndexKind::TurnIndex);

@@ -110,6 +110,15 @@ fn pass_counts() {
     }
 }
 
+/// Golden `rloc emit schedule` text (insta) for GRPO and GSPO.
+#[test]
+fn schedule_snapshots() {
+    let c = grpo();
+    insta::assert_snapshot!("grpo_schedule", display_schedule(&c.module, &c.schedule));
+    let c = gspo();
+    insta::assert_snapshot!("gspo_schedule", display_schedule(&c.module, &c.schedule));
+}
+
 #[test]
 fn grpo_schedule_snapshot() {
     let c = grpo();
