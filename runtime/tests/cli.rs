@@ -332,3 +332,86 @@ fn run_64x512_batch() {
             .all(|&x| x == 0.0));
     }
 }
+
+#[test]
+fn explain_prints_the_gradient_formula() {
+    let d = dir("explain");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let o = rloc(&["explain", &f]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("d loss / d logp"), "{out}");
+    let bad = write(&d, "bad.rlo", "objective o( {\n");
+    let o = rloc(&["explain", &bad]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn run_with_micro_batches_matches_and_refusals_explain() {
+    let d = dir("micro");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let b = batch(&d);
+    let (o1, o2) = (d.join("1.safetensors"), d.join("2.safetensors"));
+    for (k, o) in [("1", &o1), ("3", &o2)] {
+        let out = o.display().to_string();
+        let r = rloc(&[
+            "run",
+            &f,
+            "--batch",
+            &b,
+            "--out",
+            &out,
+            "--micro-batches",
+            k,
+            "--f64",
+        ]);
+        assert!(r.status.success(), "{:?}", text(&r));
+    }
+    let (a, c) = (read_file(&o1).expect("1"), read_file(&o2).expect("2"));
+    for name in ["loss", "grad.logp", "metric.clip_frac", "output.adv"] {
+        let (Some(Values::Float(x)), Some(Values::Float(y))) = (a[name].values(), c[name].values())
+        else {
+            panic!("{name} not float")
+        };
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-12 * p.abs().max(1.0),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
+    let g = write(
+        &d,
+        "g.rlo",
+        "objective g() {\n    input logp: tok diff\n    input reward: seq\n    let s = seq_sum(logp)\n    loss batch_mean(reward * (s - group_mean(s)))\n}\n",
+    );
+    let out = o1.display().to_string();
+    let r = rloc(&[
+        "run",
+        &g,
+        "--batch",
+        &b,
+        "--out",
+        &out,
+        "--micro-batches",
+        "2",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = text(&r).1;
+    assert!(
+        err.contains("cannot be split") && err.contains("g.rlo:5:"),
+        "{err}"
+    );
+    let r = rloc(&[
+        "run",
+        &f,
+        "--batch",
+        &b,
+        "--out",
+        &out,
+        "--micro-batches",
+        "9",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r).1.contains("micro-batches"), "{:?}", text(&r));
+}

@@ -100,8 +100,6 @@ pub fn schedule_text(c: &rlo_compiler::Compiled) -> String {
 
 pub fn explain(path: &Path, objective: Option<String>) -> Result<ExitCode, CliError> {
     let obj = compile_file(path, objective)?;
-    let _ = obj;
-    Err(CliError::Plain(
-        "`explain`: the compiler's explain pass is not built into this rloc yet".to_string(),
-    ))
+    out!("{}", rlo_compiler::explain::explain(&obj.compiled.module));
+    Ok(ExitCode::SUCCESS)
 }
