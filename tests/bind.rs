@@ -708,3 +708,35 @@ fn random_tensor_sets_never_panic() {
     }
     assert!(bound > 0 && bound < 6000, "{bound}");
 }
+
+#[test]
+fn evaluate_checks_hand_built_batches() {
+    use rlo_runtime::{Backend, Objective};
+    let src = "objective o() {\n    input logp: tok diff\n    input reward: seq\n    loss batch_mean(logp * reward)\n}\n";
+    let obj = Objective::compile("o.rlo", src, &Default::default()).expect("compiles");
+    let b = bind(&padded(), &obj.compiled.module, &BindOptions::default()).expect("binds");
+    let ev = obj
+        .evaluate(&b.batch, &[], Backend::Interp)
+        .expect("evaluates");
+    // batch_mean of a tok value is over the 6 valid tokens: (1 + 2)·1 + (3 + 4 + 5 + 6)·0 = 3.
+    assert!((ev.loss - 0.5).abs() < 1e-12, "{}", ev.loss);
+    let mut short = b.batch.clone();
+    short.values.insert("reward".into(), vec![1.0]);
+    let e = obj
+        .evaluate(&short, &[], Backend::Interp)
+        .expect_err("short");
+    assert!(
+        e.to_string().contains("`reward`") && e.to_string().contains("3 elements"),
+        "{e}"
+    );
+    let mut missing = b.batch.clone();
+    missing.values.remove("logp");
+    let e = obj
+        .evaluate(&missing, &[], Backend::Interp)
+        .expect_err("missing");
+    assert!(e.to_string().contains("`logp`"), "{e}");
+    let e = obj
+        .evaluate(&b.batch, &[1.0], Backend::Interp)
+        .expect_err("params");
+    assert!(e.to_string().contains("0 parameter values, got 1"), "{e}");
+}
