@@ -570,7 +570,7 @@ impl<'p> Checker<'p> {
             };
             ok &= v.is_some();
             key.push(v.map(|h| self.ty(h)));
-            env.insert(p.name.name.clone(), v);
+            env.entry(p.name.name.clone()).or_insert(v);
         }
         let fresh = self.seen.insert((id, key));
         if !fresh {
@@ -582,7 +582,7 @@ impl<'p> Checker<'p> {
         for s in &decl.body.stmts {
             if let ast::StmtKind::Let { name, value } = &s.kind {
                 let v = self.expr(&env, value);
-                env.insert(name.name.clone(), v);
+                env.entry(name.name.clone()).or_insert(v);
             }
         }
         let result = self.expr(&env, &decl.body.result);
@@ -689,7 +689,7 @@ pub fn objective(
         } else {
             h
         };
-        env.insert(p.name.name.clone(), default.map(|_| v));
+        env.entry(p.name.name.clone()).or_insert(default.map(|_| v));
     }
     let mut loss: Option<(Span, Val)> = None;
     for s in &o.body {
@@ -723,11 +723,11 @@ pub fn objective(
                     span: s.span,
                 });
                 let h = c.b.input(idx, ty, name.span);
-                env.insert(name.name.clone(), Some(h));
+                env.entry(name.name.clone()).or_insert(Some(h));
             }
             ast::StmtKind::Let { name, value } => {
                 let v = c.expr(&env, value);
-                env.insert(name.name.clone(), v);
+                env.entry(name.name.clone()).or_insert(v);
             }
             ast::StmtKind::Loss { value } => {
                 if let Some((first, _)) = loss {
