@@ -84,4 +84,22 @@ pub enum RuntimeError {
     },
     #[error("micro-batch split: {0}")]
     Split(String),
+
+    // ---- cuda (cuda.rs) ----
+    /// No usable CUDA driver, GPU or NVRTC library; says which and how to fix it.
+    #[error("cuda unavailable: {0}")]
+    CudaUnavailable(String),
+    /// NVRTC rejected the generated source: its log, the options, and where the source was written.
+    #[error("NVRTC could not compile the generated CUDA (source written to {source_path}, options {options:?}):\n{log}")]
+    Nvrtc {
+        log: String,
+        source_path: String,
+        options: Vec<String>,
+    },
+    /// The CUDA code generator rejected the objective (unsupported construct), at a source location.
+    #[error("cuda codegen: {location}: {message}")]
+    CudaCodegen { location: String, message: String },
+    /// A CUDA driver call failed (allocation, copy, module load, launch).
+    #[error("cuda: {0}")]
+    Cuda(String),
 }

@@ -88,10 +88,7 @@ impl Objective {
                 "backend `cpu` (Cranelift) is not built into this rloc yet; use --backend interp"
                     .into(),
             )),
-            Backend::Cuda => Err(RuntimeError::Unsupported(
-                "backend `cuda` (NVRTC) is not built into this rloc yet; use --backend interp"
-                    .into(),
-            )),
+            Backend::Cuda => cuda::evaluate(&self.compiled, batch, params),
         }
     }
 
