@@ -131,12 +131,11 @@ fn run() -> Result<(), RuntimeError> {
             let t0 = Instant::now();
             let c = rlo_compiler::compile(&format!("{name}.rlo"), &text, &Default::default())
                 .map_err(|f| RuntimeError::Unsupported(f.render(false)))?;
-            let program = emit(&c.module, &c.schedule, &opts).map_err(|e| {
-                RuntimeError::CudaCodegen {
+            let program =
+                emit(&c.module, &c.schedule, &opts).map_err(|e| RuntimeError::CudaCodegen {
                     location: c.sources.location(e.span),
                     message: e.message,
-                }
-            })?;
+                })?;
             let obj = CudaObjective::load(dev, program.clone())?;
             let cold_ms = t0.elapsed().as_secs_f64() * 1e3;
             dev.clear_modules();
@@ -150,8 +149,9 @@ fn run() -> Result<(), RuntimeError> {
             let params: Vec<f64> = module.params.iter().map(|p| p.default).collect();
             for &(b, t) in &args.shapes {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (b * t) as u64);
-                let lengths: Vec<usize> =
-                    (0..b).map(|_| 1 + (rng.next() * (t - 1) as f32) as usize).collect();
+                let lengths: Vec<usize> = (0..b)
+                    .map(|_| 1 + (rng.next() * (t - 1) as f32) as usize)
+                    .collect();
                 let groups: Vec<u32> = (0..b).map(|s| (s / 8) as u32).collect();
                 let n_groups = b.div_ceil(8);
                 let mut mask = vec![0f32; b * t];
@@ -205,7 +205,11 @@ fn run() -> Result<(), RuntimeError> {
                     };
                     let (bb, tt) = (b as i64, t as i64);
                     let mut l = stream.launch_builder(&mask_fn);
-                    l.arg(&mask_d).arg(&bb).arg(&tt).arg(&mut len_d).arg(&mut err_d);
+                    l.arg(&mask_d)
+                        .arg(&bb)
+                        .arg(&tt)
+                        .arg(&mut len_d)
+                        .arg(&mut err_d);
                     // SAFETY: rlo_mask_to_len(const float*, long long, long long, int*, int*)
                     // with a B*T mask and B lengths, all allocated above.
                     unsafe { l.launch(cfg) }.map_err(err)?;

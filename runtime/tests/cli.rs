@@ -164,6 +164,18 @@ fn emit_each_form() {
     let o = rloc(&["emit", "grad", &f]);
     assert!(text(&o).0.contains("grad logp"), "{:?}", text(&o));
 
+    let o = rloc(&["emit", "cuda", &f]);
+    let cu = text(&o).0;
+    assert!(
+        o.status.success() && cu.contains("__global__"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(
+        cu.contains("grpo.rlo:"),
+        "no source locations in the CUDA C"
+    );
+
     let o = rloc(&["emit", "schedule", &f]);
     let s = text(&o).0;
     assert!(o.status.success() && s.contains("token pass"), "{s}");
