@@ -581,7 +581,9 @@ fn gpu_parity_with_interpreter_and_bitwise_repeatable() {
         return;
     }
     use rlo_runtime::{Backend, Objective};
-    for name in ["grpo", "dapo", "gspo", "dr_grpo", "gmpo", "cispo", "rloo", "ppo"] {
+    for name in [
+        "grpo", "dapo", "gspo", "dr_grpo", "gmpo", "cispo", "rloo", "ppo",
+    ] {
         let path = stdlib_dir().join(format!("{name}.rlo"));
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
@@ -590,7 +592,9 @@ fn gpu_parity_with_interpreter_and_bitwise_repeatable() {
             Ok(o) => o,
             Err(f) => panic!("{name}: {}", f.render(false)),
         };
-        let params = obj.param_values(&[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let params = obj
+            .param_values(&[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         for (seed, groups, max_len) in [(1, 3, 5), (2, 7, 50), (3, 17, 783)] {
             let batch = support::random_batch(&obj.compiled.module, seed, groups, max_len);
             let want = obj
@@ -610,7 +614,11 @@ fn gpu_parity_with_interpreter_and_bitwise_repeatable() {
             let again = obj
                 .evaluate(&batch, &params, Backend::Cuda)
                 .unwrap_or_else(|e| panic!("{name} cuda: {e}"));
-            assert_eq!(got.loss.to_bits(), again.loss.to_bits(), "{name}: not repeatable");
+            assert_eq!(
+                got.loss.to_bits(),
+                again.loss.to_bits(),
+                "{name}: not repeatable"
+            );
             assert_eq!(got.grads, again.grads, "{name}: gradients not repeatable");
             assert_eq!(got.metrics, again.metrics, "{name}: metrics not repeatable");
         }
@@ -633,10 +641,10 @@ fn gpu_kitchen_sink_runs_and_repeats() {
     c.schedule = s;
     for (seed, groups, max_len) in [(4, 3, 3), (5, 11, 50), (6, 9, 783)] {
         let batch = support::random_batch(&c.module, seed, groups, max_len);
-        let a = rlo_runtime::cuda::evaluate(&c, &batch, &[0.2])
-            .unwrap_or_else(|e| panic!("cuda: {e}"));
-        let b = rlo_runtime::cuda::evaluate(&c, &batch, &[0.2])
-            .unwrap_or_else(|e| panic!("cuda: {e}"));
+        let a =
+            rlo_runtime::cuda::evaluate(&c, &batch, &[0.2]).unwrap_or_else(|e| panic!("cuda: {e}"));
+        let b =
+            rlo_runtime::cuda::evaluate(&c, &batch, &[0.2]).unwrap_or_else(|e| panic!("cuda: {e}"));
         assert_eq!(bits(&a), bits(&b), "not bit-identical");
         assert_eq!(a.grads.len(), 2);
     }
@@ -693,5 +701,9 @@ fn random_programs_compile_with_nvrtc() {
         }
     }
     eprintln!("random programs: {compiled} compiled, {turns} with turn values (unsupported)");
-    assert_eq!(compiled + turns, 24, "every program either compiles or is reported as turn-level");
+    assert_eq!(
+        compiled + turns,
+        24,
+        "every program either compiles or is reported as turn-level"
+    );
 }
