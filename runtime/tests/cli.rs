@@ -86,6 +86,20 @@ fn check_ok_and_error_with_location() {
 }
 
 #[test]
+fn check_prints_warnings_and_succeeds() {
+    let d = dir("warn");
+    let f = write(
+        &d,
+        "w.rlo",
+        "objective w() {\n    input reward: seq\n    loss batch_mean(reward)\n}\n",
+    );
+    let o = rloc(&["check", &f]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning") && err.contains("w.rlo:3:"), "{err}");
+}
+
+#[test]
 fn check_json_messages() {
     let d = dir("json");
     let bad = write(
