@@ -74,10 +74,14 @@ pub fn compile(name: &str, text: &str, opts: &Options) -> Result<Compiled, Box<F
     let front::Checked { module, warnings } =
         front::analyze(&ast, &mut sources, opts).map_err(|d| fail(&sources, d))?;
     let forward = run_pass("lower", module, &sources).map_err(|d| fail(&sources, d))?;
-    let module = run_pass("autodiff", autodiff::differentiate(forward.clone()), &sources)
-        .map_err(|d| fail(&sources, d))?;
-    let module = run_pass("simplify", passes::simplify(module), &sources)
-        .map_err(|d| fail(&sources, d))?;
+    let module = run_pass(
+        "autodiff",
+        autodiff::differentiate(forward.clone()),
+        &sources,
+    )
+    .map_err(|d| fail(&sources, d))?;
+    let module =
+        run_pass("simplify", passes::simplify(module), &sources).map_err(|d| fail(&sources, d))?;
     let schedule = schedule::schedule(&module);
     if std::env::var("RLO_DEBUG").is_ok_and(|v| v.split(',').any(|s| s == "schedule")) {
         eprintln!("== schedule\n{schedule:#?}");

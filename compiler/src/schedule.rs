@@ -69,7 +69,11 @@ impl Schedule {
         for (i, s) in self.stages.iter().enumerate() {
             for &h in &s.nodes {
                 for op in m.exprs[h].operands() {
-                    let later = stage.get(op.index()).copied().flatten().is_some_and(|j| j < i);
+                    let later = stage
+                        .get(op.index())
+                        .copied()
+                        .flatten()
+                        .is_some_and(|j| j < i);
                     if later && fine(op) {
                         if let Some(x) = need.get_mut(op.index()) {
                             *x = true;
@@ -78,7 +82,12 @@ impl Schedule {
                 }
             }
         }
-        for h in m.grads.iter().map(|g| g.value).chain(m.outputs.iter().map(|o| o.value)) {
+        for h in m
+            .grads
+            .iter()
+            .map(|g| g.value)
+            .chain(m.outputs.iter().map(|o| o.value))
+        {
             if fine(h) {
                 if let Some(x) = need.get_mut(h.index()) {
                     *x = true;

@@ -14,9 +14,12 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn to_diagnostic(&self, pass: &str, _sources: &SourceMap) -> Diagnostic {
-        Diagnostic::error("E9001", format!("internal compiler error after pass `{pass}`: {}", self))
-            .with_primary(self.span, "while compiling this")
-            .with_note("this is a bug in rloc; please report it with this file")
+        Diagnostic::error(
+            "E9001",
+            format!("internal compiler error after pass `{pass}`: {}", self),
+        )
+        .with_primary(self.span, "while compiling this")
+        .with_note("this is a bug in rloc; please report it with this file")
     }
 }
 

@@ -18,5 +18,8 @@ pub fn analyze(
     opts: &Options,
 ) -> Result<Checked, Vec<Diagnostic>> {
     let _ = (file, sources, opts);
-    Err(vec![Diagnostic::error("E0100", "front end not implemented yet")])
+    Err(vec![Diagnostic::error(
+        "E0100",
+        "front end not implemented yet",
+    )])
 }
