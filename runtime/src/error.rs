@@ -6,4 +6,7 @@ pub enum RuntimeError {
     UnknownParam { name: String, known: Vec<String> },
     #[error("{0}")]
     Unsupported(String),
+    /// The CPU (Cranelift) backend failed: codegen, JIT, or a batch it cannot bind.
+    #[error(transparent)]
+    Cpu(#[from] crate::cpu::CpuError),
 }

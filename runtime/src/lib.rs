@@ -6,6 +6,7 @@
 
 pub mod bind;
 pub mod cpu;
+mod cpu_helpers;
 pub mod cuda;
 pub mod error;
 pub mod microbatch;
@@ -71,7 +72,16 @@ impl Objective {
         params: &[f64],
         backend: Backend,
     ) -> Result<Evaluation, RuntimeError> {
-        let _ = (batch, params, backend);
-        Err(RuntimeError::Unsupported("evaluation not wired yet".into()))
+        match backend {
+            Backend::Cpu => Ok(cpu::evaluate(
+                &self.compiled,
+                batch,
+                params,
+                cpu::CpuOptions::default(),
+            )?),
+            Backend::Interp | Backend::Cuda => {
+                Err(RuntimeError::Unsupported("evaluation not wired yet".into()))
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use super::clif::{
     BackendError, ClifOptions, Import, LAY_LEN, LAY_SEQ_GROUP, LAY_SEQ_OFFSETS, LAY_TOK_SEQ,
     LAY_TOK_TURN, LAY_TURN_OFFSETS, LAY_TURN_SEQ,
 };
-use super::clif_plan::{base, Body, FnPlan, Item, Loc, Plan, Step, StepKind};
+use super::clif_plan::{base, ex, Body, FnPlan, Item, Loc, Plan};
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, Module, ReduceOp, ScanOp, UnaryOp};
 use crate::types::{DType, Level};
@@ -14,12 +14,11 @@ use cranelift_codegen::ir::{
     MemFlagsData, Signature, Type, UserExternalName, UserFuncName, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
-use cranelift_frontend::Variable;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use std::collections::{BTreeSet, HashMap};
 
 type H = Handle<Expr>;
-type R<T> = Result<T, BackendError>;
+pub(crate) type R<T> = Result<T, BackendError>;
 
 /// `rlo_<op>_<f32|f64>`: the symbol of an imported helper.
 pub(crate) fn symbol(op: &str, f64: bool) -> String {
@@ -47,10 +46,10 @@ pub(crate) fn stage_signature() -> Signature {
 }
 
 pub(crate) struct Emitter<'a> {
-    m: &'a Module,
-    plan: &'a Plan,
-    t: Type,
-    f64: bool,
+    pub m: &'a Module,
+    pub plan: &'a Plan,
+    pub t: Type,
+    pub f64: bool,
     imports: Vec<Import>,
     import_idx: HashMap<String, usize>,
     frontend: TargetFrontendConfig,
@@ -93,7 +92,11 @@ impl<'a> Emitter<'a> {
         Err(BackendError::general("buffer preload did not converge"))
     }
 
-    fn build(&mut self, f: &FnPlan, preload: &BTreeSet<usize>) -> R<(Function, BTreeSet<usize>)> {
+    pub(crate) fn build(
+        &mut self,
+        f: &FnPlan,
+        preload: &BTreeSet<usize>,
+    ) -> R<(Function, BTreeSet<usize>)> {
         let mut func =
             Function::with_name_signature(UserFuncName::testcase(&f.name), stage_signature());
         let mut fctx = FunctionBuilderContext::new();
@@ -115,7 +118,7 @@ impl<'a> Emitter<'a> {
             .map(|i| b.ins().load(types::I64, fl, lay, (i * 8) as i32))
             .collect();
         let count_vals: Vec<Value> = (0..5)
-            .map(|i| b.ins().load(types::I64, fl, counts, (i * 8) as i32))
+            .map(|i| b.ins().load(types::I64, fl, counts, i * 8))
             .collect();
         let mut bufptr = HashMap::new();
         for &i in preload {
@@ -152,7 +155,7 @@ impl<'a> Emitter<'a> {
         Ok((func, missing))
     }
 
-    fn import(&mut self, name: &str, sig: impl FnOnce() -> Signature) -> usize {
+    pub(crate) fn import(&mut self, name: &str, sig: impl FnOnce() -> Signature) -> usize {
         if let Some(&i) = self.import_idx.get(name) {
             return i;
         }
@@ -168,15 +171,15 @@ impl<'a> Emitter<'a> {
 
 /// The element a loop body is at: indices (i64) at each level, filled lazily.
 #[derive(Clone, Copy)]
-struct Ctx {
-    t: Option<Value>,
-    k: Option<Value>,
-    s: Option<Value>,
-    g: Option<Value>,
+pub(crate) struct Ctx {
+    pub t: Option<Value>,
+    pub k: Option<Value>,
+    pub s: Option<Value>,
+    pub g: Option<Value>,
 }
 
 impl Ctx {
-    fn at(level: Level, i: Value) -> Ctx {
+    pub(crate) fn at(level: Level, i: Value) -> Ctx {
         let mut c = Ctx {
             t: None,
             k: None,
@@ -194,9 +197,9 @@ impl Ctx {
     }
 }
 
-struct Fx<'e, 'a, 'f> {
-    e: &'e mut Emitter<'a>,
-    b: FunctionBuilder<'f>,
+pub(crate) struct Fx<'e, 'a, 'f> {
+    pub e: &'e mut Emitter<'a>,
+    pub b: FunctionBuilder<'f>,
     bufs: Value,
     lay: Value,
     counts: Value,
@@ -207,7 +210,7 @@ struct Fx<'e, 'a, 'f> {
     missing: BTreeSet<usize>,
     funcs: HashMap<usize, FuncRef>,
     /// Values of the nodes of the current sweep at the current element.
-    local: HashMap<H, Value>,
+    pub local: HashMap<H, Value>,
 }
 
 fn bug(msg: &str) -> BackendError {
@@ -215,11 +218,11 @@ fn bug(msg: &str) -> BackendError {
 }
 
 impl Fx<'_, '_, '_> {
-    fn m(&self) -> &Module {
+    pub(crate) fn m(&self) -> &Module {
         self.e.m
     }
 
-    fn tsize(&self) -> i64 {
+    pub(crate) fn tsize(&self) -> i64 {
         if self.e.f64 {
             8
         } else {
@@ -227,7 +230,7 @@ impl Fx<'_, '_, '_> {
         }
     }
 
-    fn ptr(&mut self, buf: usize) -> Value {
+    pub(crate) fn ptr(&mut self, buf: usize) -> Value {
         if let Some(&v) = self.bufptr.get(&buf) {
             return v;
         }
@@ -240,21 +243,21 @@ impl Fx<'_, '_, '_> {
         )
     }
 
-    fn lay_ptr(&self, i: usize) -> R<Value> {
+    pub(crate) fn lay_ptr(&self, i: usize) -> R<Value> {
         self.lay_ptrs
             .get(i)
             .copied()
             .ok_or_else(|| bug("layout index"))
     }
 
-    fn count(&self, level: Level) -> R<Value> {
+    pub(crate) fn count(&self, level: Level) -> R<Value> {
         self.count_vals
             .get(level as usize)
             .copied()
             .ok_or_else(|| bug("count index"))
     }
 
-    fn load_u32(&mut self, arr: usize, i: Value) -> R<Value> {
+    pub(crate) fn load_u32(&mut self, arr: usize, i: Value) -> R<Value> {
         let p = self.lay_ptr(arr)?;
         let off = self.b.ins().ishl_imm_u(i, 2);
         let a = self.b.ins().iadd(p, off);
@@ -262,24 +265,24 @@ impl Fx<'_, '_, '_> {
         Ok(self.b.ins().uextend(types::I64, v))
     }
 
-    fn elem_addr(&mut self, buf: usize, i: Value) -> Value {
+    pub(crate) fn elem_addr(&mut self, buf: usize, i: Value) -> Value {
         let p = self.ptr(buf);
         let sh = if self.e.f64 { 3 } else { 2 };
         let off = self.b.ins().ishl_imm_u(i, sh);
         self.b.ins().iadd(p, off)
     }
 
-    fn load_elem(&mut self, buf: usize, i: Value) -> Value {
+    pub(crate) fn load_elem(&mut self, buf: usize, i: Value) -> Value {
         let a = self.elem_addr(buf, i);
         self.b.ins().load(self.e.t, MemFlagsData::trusted(), a, 0)
     }
 
-    fn store_elem(&mut self, buf: usize, i: Value, v: Value) {
+    pub(crate) fn store_elem(&mut self, buf: usize, i: Value, v: Value) {
         let a = self.elem_addr(buf, i);
         self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
     }
 
-    fn fconst(&mut self, c: f64) -> Value {
+    pub(crate) fn fconst(&mut self, c: f64) -> Value {
         if self.e.f64 {
             self.b.ins().f64const(c)
         } else {
@@ -287,19 +290,19 @@ impl Fx<'_, '_, '_> {
         }
     }
 
-    fn to_t(&mut self, b: Value) -> Value {
+    pub(crate) fn bool_to_t(&mut self, b: Value) -> Value {
         let one = self.fconst(1.0);
         let zero = self.fconst(0.0);
         self.b.ins().select(b, one, zero)
     }
 
-    fn to_bool(&mut self, v: Value) -> Value {
+    pub(crate) fn t_to_bool(&mut self, v: Value) -> Value {
         let zero = self.fconst(0.0);
         self.b.ins().fcmp(FloatCC::NotEqual, v, zero)
     }
 
     /// Index of the element at `level` that contains the context's element.
-    fn idx(&mut self, c: &mut Ctx, level: Level) -> R<Value> {
+    pub(crate) fn idx(&mut self, c: &mut Ctx, level: Level) -> R<Value> {
         match level {
             Level::Tok => c.t.ok_or_else(|| bug("token index outside a token loop")),
             Level::Turn => {
@@ -336,18 +339,22 @@ impl Fx<'_, '_, '_> {
         }
     }
 
-    fn is_bool(&self, h: H) -> bool {
+    pub(crate) fn is_bool(&self, h: H) -> bool {
         self.m().ty(h).dtype == DType::Bool
     }
 
-    fn load_node(&mut self, buf: usize, h: H, c: &mut Ctx) -> R<Value> {
+    pub(crate) fn load_node(&mut self, buf: usize, h: H, c: &mut Ctx) -> R<Value> {
         let i = self.idx(c, self.m().level(h))?;
         let v = self.load_elem(buf, i);
-        Ok(if self.is_bool(h) { self.to_bool(v) } else { v })
+        Ok(if self.is_bool(h) {
+            self.t_to_bool(v)
+        } else {
+            v
+        })
     }
 
     /// The value of `h` at the context's element (views are read through).
-    fn value(&mut self, h: H, c: &mut Ctx) -> R<Value> {
+    pub(crate) fn value(&mut self, h: H, c: &mut Ctx) -> R<Value> {
         let m = self.e.m;
         let e = m.exprs.get(h).ok_or_else(|| bug("handle"))?;
         match *e {
@@ -404,7 +411,12 @@ impl Fx<'_, '_, '_> {
         }
     }
 
-    fn call(&mut self, name: &str, args: &[Value], ret: Option<Type>) -> R<Option<Value>> {
+    pub(crate) fn call(
+        &mut self,
+        name: &str,
+        args: &[Value],
+        ret: Option<Type>,
+    ) -> R<Option<Value>> {
         let (t, arg_tys): (Type, Vec<Type>) = (
             self.e.t,
             args.iter()
@@ -448,22 +460,22 @@ impl Fx<'_, '_, '_> {
         Ok(self.b.inst_results(inst).first().copied())
     }
 
-    fn math(&mut self, op: &str, args: &[Value]) -> R<Value> {
+    pub(crate) fn math(&mut self, op: &str, args: &[Value]) -> R<Value> {
         let name = symbol(op, self.e.f64);
         self.call(&name, args, Some(self.e.t))?
             .ok_or_else(|| bug("math call without result"))
     }
 
     /// Elementwise nodes.
-    fn compute(&mut self, h: H, c: &mut Ctx) -> R<Value> {
+    pub(crate) fn compute(&mut self, h: H, c: &mut Ctx) -> R<Value> {
         let m = self.e.m;
-        match m.exprs[h] {
+        match *ex(m, h) {
             Expr::Unary { op, arg } => {
                 let x = self.value(arg, c)?;
                 Ok(match op {
                     UnaryOp::Neg => self.b.ins().fneg(x),
                     UnaryOp::Not => self.b.ins().bxor_imm_u(x, 1),
-                    UnaryOp::ToF32 => self.to_t(x),
+                    UnaryOp::ToF32 => self.bool_to_t(x),
                     UnaryOp::Exp => self.math("exp", &[x])?,
                     UnaryOp::Log => self.math("log", &[x])?,
                     UnaryOp::Log1p => self.math("log1p", &[x])?,
@@ -523,15 +535,19 @@ impl Fx<'_, '_, '_> {
     }
 
     /// Stores a node's value (bools as 0/1).
-    fn store_node(&mut self, h: H, i: Value, v: Value) -> R<()> {
+    pub(crate) fn store_node(&mut self, h: H, i: Value, v: Value) -> R<()> {
         if let Some(Loc::Buf(buf)) = self.e.plan.loc.get(h.index()).copied() {
-            let v = if self.is_bool(h) { self.to_t(v) } else { v };
+            let v = if self.is_bool(h) {
+                self.bool_to_t(v)
+            } else {
+                v
+            };
             self.store_elem(buf, i, v);
         }
         Ok(())
     }
 
-    fn node_buf(&self, h: H) -> R<usize> {
+    pub(crate) fn node_buf(&self, h: H) -> R<usize> {
         match self.e.plan.loc.get(h.index()) {
             Some(Loc::Buf(b)) => Ok(*b),
             _ => Err(BackendError::at(self.e.m, h, "node has no buffer")),
@@ -539,7 +555,7 @@ impl Fx<'_, '_, '_> {
     }
 
     /// `for i in start..end { body(i) }` (`rev`: from `end - 1` down to `start`).
-    fn for_range(
+    pub(crate) fn for_range(
         &mut self,
         start: Value,
         end: Value,
@@ -573,7 +589,7 @@ impl Fx<'_, '_, '_> {
         Ok(())
     }
 
-    fn for_level(
+    pub(crate) fn for_level(
         &mut self,
         level: Level,
         body: &mut dyn FnMut(&mut Self, Value, Value) -> R<()>,
@@ -584,7 +600,7 @@ impl Fx<'_, '_, '_> {
     }
 
     /// The elements (tokens or turns) of sequence `s`.
-    fn seq_range(&mut self, level: Level, s: Value) -> R<(Value, Value)> {
+    pub(crate) fn seq_range(&mut self, level: Level, s: Value) -> R<(Value, Value)> {
         let arr = if level == Level::Tok {
             LAY_SEQ_OFFSETS
         } else {
@@ -596,18 +612,18 @@ impl Fx<'_, '_, '_> {
         Ok((a, e))
     }
 
-    fn item(&mut self, it: &Item) -> R<()> {
+    pub(crate) fn item(&mut self, it: &Item) -> R<()> {
         let m = self.e.m;
         match *it {
             Item::Copy { node, buf } => self.for_level(m.level(node), &mut |fx, i, _| {
                 let mut c = Ctx::at(m.level(node), i);
                 let v = fx.value(node, &mut c)?;
-                let v = if fx.is_bool(node) { fx.to_t(v) } else { v };
+                let v = if fx.is_bool(node) { fx.bool_to_t(v) } else { v };
                 fx.store_elem(buf, i, v);
                 Ok(())
             }),
             Item::Combine(h) => self.small_reduce(h, true),
-            Item::Node(h) => match m.exprs[h] {
+            Item::Node(h) => match *ex(m, h) {
                 Expr::Reduce { .. } => self.small_reduce(h, false),
                 Expr::Scan { .. } => {
                     let zero = self.b.ins().iconst(types::I64, 0);
@@ -638,7 +654,7 @@ impl Fx<'_, '_, '_> {
         }
     }
 
-    fn init_of(&mut self, op: ReduceOp) -> Value {
+    pub(crate) fn init_of(&mut self, op: ReduceOp) -> Value {
         self.fconst(match op {
             ReduceOp::Sum => 0.0,
             ReduceOp::Max => f64::NEG_INFINITY,
@@ -646,7 +662,7 @@ impl Fx<'_, '_, '_> {
         })
     }
 
-    fn combine(&mut self, op: ReduceOp, acc: Value, x: Value) -> Value {
+    pub(crate) fn combine(&mut self, op: ReduceOp, acc: Value, x: Value) -> Value {
         match op {
             ReduceOp::Sum => self.b.ins().fadd(acc, x),
             ReduceOp::Max => self.b.ins().fmax(acc, x),
@@ -656,14 +672,14 @@ impl Fx<'_, '_, '_> {
 
     /// A reduction as a serial loop over the elements of its argument (or, for `combine`, over
     /// the per-sequence partials of a token pass), in packed order.
-    fn small_reduce(&mut self, h: H, combine: bool) -> R<()> {
+    pub(crate) fn small_reduce(&mut self, h: H, combine: bool) -> R<()> {
         let m = self.e.m;
         let Expr::Reduce {
             op,
             arg,
             to,
             filter,
-        } = m.exprs[h]
+        } = *ex(m, h)
         else {
             return Err(BackendError::at(m, h, "not a reduction"));
         };
@@ -716,7 +732,7 @@ impl Fx<'_, '_, '_> {
             if let Some(cb) = cnt {
                 let n = fx.load_elem(cb, j);
                 let one = match f {
-                    Some(f) => fx.to_t(f),
+                    Some(f) => fx.bool_to_t(f),
                     None => fx.fconst(1.0),
                 };
                 let n1 = fx.b.ins().fadd(n, one);
@@ -731,7 +747,7 @@ impl Fx<'_, '_, '_> {
     }
 
     /// `out[i] = 0` where `count[i] == 0` (max/min of an empty set).
-    fn zero_if_empty(&mut self, out: usize, cb: usize, i: Value) -> R<()> {
+    pub(crate) fn zero_if_empty(&mut self, out: usize, cb: usize, i: Value) -> R<()> {
         let n = self.load_elem(cb, i);
         let z = self.fconst(0.0);
         let empty = self.b.ins().fcmp(FloatCC::Equal, n, z);
@@ -742,9 +758,9 @@ impl Fx<'_, '_, '_> {
     }
 
     /// A scan over the tokens or turns of sequence `s`.
-    fn scan_seq(&mut self, h: H, s: Value, g: Value) -> R<()> {
+    pub(crate) fn scan_seq(&mut self, h: H, s: Value, g: Value) -> R<()> {
         let m = self.e.m;
-        let Expr::Scan { op, arg, discount } = m.exprs[h] else {
+        let Expr::Scan { op, arg, discount } = *ex(m, h) else {
             return Err(BackendError::at(m, h, "not a scan"));
         };
         let level = m.level(h);
@@ -778,14 +794,14 @@ impl Fx<'_, '_, '_> {
         })
     }
 
-    fn helper(&mut self, h: H) -> R<()> {
+    pub(crate) fn helper(&mut self, h: H) -> R<()> {
         let m = self.e.m;
         let out = self.node_buf(h)?;
         let out_p = self.ptr(out);
         let lay = self.lay;
         let counts = self.counts;
         let lvl = |fx: &mut Self, l: Level| fx.b.ins().iconst(types::I32, l as i64);
-        match m.exprs[h] {
+        match *ex(m, h) {
             Expr::Rank { arg, within } => {
                 let a = self.mem(arg)?;
                 let al = lvl(self, m.level(arg));
@@ -829,12 +845,12 @@ impl Fx<'_, '_, '_> {
     }
 
     /// Pointer to the memory holding `h` at its own level (for helpers).
-    fn mem(&mut self, h: H) -> R<Value> {
+    pub(crate) fn mem(&mut self, h: H) -> R<Value> {
         let m = self.e.m;
         let plan = self.e.plan;
         let buf = if let Some(&b) = plan.copy.get(&h) {
             b
-        } else if let Expr::Input(i) = m.exprs[h] {
+        } else if let Expr::Input(i) = *ex(m, h) {
             *plan
                 .input_buf
                 .get(i as usize)
@@ -845,220 +861,5 @@ impl Fx<'_, '_, '_> {
             return Err(BackendError::at(m, h, "helper operand has no memory"));
         };
         Ok(self.ptr(buf))
-    }
-
-    /// The token function: for each sequence in `s0..s1`, its steps in order.
-    fn token(&mut self, steps: &[Step], s0: Value, s1: Value) -> R<()> {
-        self.for_range(s0, s1, false, &mut |fx, s, _| {
-            let g = fx.load_u32(LAY_SEQ_GROUP, s)?;
-            for st in steps {
-                fx.step(st, s, g)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn step(&mut self, st: &Step, s: Value, g: Value) -> R<()> {
-        let m = self.e.m;
-        match st.kind {
-            StepKind::Seq => {
-                for &h in &st.nodes {
-                    let mut c = Ctx::at(Level::Seq, s);
-                    c.g = Some(g);
-                    let v = self.compute(h, &mut c)?;
-                    self.store_node(h, s, v)?;
-                }
-                Ok(())
-            }
-            StepKind::Scan => {
-                for &h in &st.nodes {
-                    self.scan_seq(h, s, g)?;
-                }
-                Ok(())
-            }
-            StepKind::Tok | StepKind::Turn => {
-                let level = if st.kind == StepKind::Tok {
-                    Level::Tok
-                } else {
-                    Level::Turn
-                };
-                self.sweep(level, &st.nodes, s, g)
-            }
-        }
-        .map_err(|e| match e.handle {
-            None => BackendError {
-                handle: st.nodes.first().copied(),
-                span: st.nodes.first().map(|&h| m.span(h)).unwrap_or_default(),
-                message: e.message,
-            },
-            Some(_) => e,
-        })
-    }
-}
-
-/// Where a reduction accumulates while a sweep walks one sequence.
-enum Acc {
-    /// Registers (to seq, or a per-sequence partial).
-    Var {
-        acc: Variable,
-        cnt: Option<Variable>,
-    },
-    /// The turn buffer itself, indexed by the token's turn.
-    Turn { out: usize, cnt: Option<usize> },
-}
-
-impl Fx<'_, '_, '_> {
-    fn sweep(&mut self, level: Level, nodes: &[H], s: Value, g: Value) -> R<()> {
-        let m = self.e.m;
-        let (a, e) = self.seq_range(level, s)?;
-        let (ta, te) = if level == Level::Tok {
-            self.seq_range(Level::Turn, s)?
-        } else {
-            (a, e)
-        };
-        // Prologue: accumulators.
-        let mut accs: HashMap<H, Acc> = HashMap::new();
-        for &h in nodes {
-            let Expr::Reduce { op, to, .. } = m.exprs[h] else {
-                continue;
-            };
-            let minmax = op != ReduceOp::Sum;
-            if to == Level::Turn {
-                let out = self.node_buf(h)?;
-                let cnt = self.e.plan.count.get(&h).copied();
-                self.for_range(ta, te, false, &mut |fx, k, _| {
-                    let v = fx.init_of(op);
-                    fx.store_elem(out, k, v);
-                    if let Some(cb) = cnt {
-                        let z = fx.fconst(0.0);
-                        fx.store_elem(cb, k, z);
-                    }
-                    Ok(())
-                })?;
-                accs.insert(h, Acc::Turn { out, cnt });
-            } else {
-                let acc = self.b.declare_var(self.e.t);
-                let init = self.init_of(op);
-                self.b.def_var(acc, init);
-                let cnt = minmax.then(|| {
-                    let v = self.b.declare_var(types::I64);
-                    let z = self.b.ins().iconst(types::I64, 0);
-                    self.b.def_var(v, z);
-                    v
-                });
-                accs.insert(h, Acc::Var { acc, cnt });
-            }
-        }
-        self.for_range(a, e, false, &mut |fx, i, _| {
-            let mut c = Ctx::at(level, i);
-            c.s = Some(s);
-            c.g = Some(g);
-            fx.local.clear();
-            for &h in nodes {
-                if let Expr::Reduce {
-                    op, arg, filter, ..
-                } = m.exprs[h]
-                {
-                    let x = fx.value(arg, &mut c)?;
-                    let f = match filter {
-                        Some(f) => Some(fx.value(f, &mut c)?),
-                        None => None,
-                    };
-                    match accs.get(&h) {
-                        Some(Acc::Var { acc, cnt }) => {
-                            let old = fx.b.use_var(*acc);
-                            let new = fx.combine(op, old, x);
-                            let new = match f {
-                                Some(f) => fx.b.ins().select(f, new, old),
-                                None => new,
-                            };
-                            fx.b.def_var(*acc, new);
-                            if let Some(cv) = cnt {
-                                let n = fx.b.use_var(*cv);
-                                let inc = match f {
-                                    Some(f) => fx.b.ins().uextend(types::I64, f),
-                                    None => fx.b.ins().iconst(types::I64, 1),
-                                };
-                                let n1 = fx.b.ins().iadd(n, inc);
-                                fx.b.def_var(*cv, n1);
-                            }
-                        }
-                        Some(Acc::Turn { out, cnt }) => {
-                            let (out, cnt) = (*out, *cnt);
-                            let k = fx.idx(&mut c, Level::Turn)?;
-                            let old = fx.load_elem(out, k);
-                            let new = fx.combine(op, old, x);
-                            let new = match f {
-                                Some(f) => fx.b.ins().select(f, new, old),
-                                None => new,
-                            };
-                            fx.store_elem(out, k, new);
-                            if let Some(cb) = cnt {
-                                let n = fx.load_elem(cb, k);
-                                let one = match f {
-                                    Some(f) => fx.to_t(f),
-                                    None => fx.fconst(1.0),
-                                };
-                                let n1 = fx.b.ins().fadd(n, one);
-                                fx.store_elem(cb, k, n1);
-                            }
-                        }
-                        None => {
-                            return Err(BackendError::at(m, h, "reduction without accumulator"))
-                        }
-                    }
-                } else {
-                    let v = fx.compute(h, &mut c)?;
-                    fx.local.insert(h, v);
-                    fx.store_node(h, i, v)?;
-                }
-            }
-            fx.local.clear();
-            Ok(())
-        })?;
-        // Epilogue: finish and store the reductions.
-        for &h in nodes {
-            let Expr::Reduce { to, .. } = m.exprs[h] else {
-                continue;
-            };
-            match accs.get(&h) {
-                Some(Acc::Var { acc, cnt }) => {
-                    let v = self.b.use_var(*acc);
-                    let n = cnt.map(|cv| self.b.use_var(cv));
-                    let v = match n {
-                        Some(n) => {
-                            let z = self.fconst(0.0);
-                            let empty = self.b.ins().icmp_imm_s(IntCC::Equal, n, 0);
-                            self.b.ins().select(empty, z, v)
-                        }
-                        None => v,
-                    };
-                    if to == Level::Seq {
-                        let out = self.node_buf(h)?;
-                        self.store_elem(out, s, v);
-                    } else {
-                        let (pb, pc) = self
-                            .e
-                            .plan
-                            .partial
-                            .get(&h)
-                            .copied()
-                            .ok_or_else(|| BackendError::at(m, h, "missing partials"))?;
-                        self.store_elem(pb, s, v);
-                        if let (Some(pc), Some(n)) = (pc, n) {
-                            let nf = self.b.ins().fcvt_from_sint(self.e.t, n);
-                            self.store_elem(pc, s, nf);
-                        }
-                    }
-                }
-                Some(Acc::Turn { out, cnt: Some(cb) }) => {
-                    let (out, cb) = (*out, *cb);
-                    self.for_range(ta, te, false, &mut |fx, k, _| fx.zero_if_empty(out, cb, k))?;
-                }
-                Some(Acc::Turn { cnt: None, .. }) => {}
-                None => return Err(BackendError::at(m, h, "reduction without accumulator")),
-            }
-        }
-        Ok(())
     }
 }

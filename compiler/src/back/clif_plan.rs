@@ -23,9 +23,10 @@ use std::collections::HashMap;
 
 type H = Handle<Expr>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) enum Loc {
     /// Not computed (not needed, or a view).
+    #[default]
     None,
     /// Lives in registers inside its token sweep only.
     Ssa,
@@ -92,13 +93,32 @@ pub(crate) struct Plan {
     pub roots: Roots,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Place {
+    #[default]
     Unplaced,
     Small(usize),
     Pre(usize),
     Step(usize, usize),
     Post(usize),
+}
+
+static DUMMY: Expr = Expr::Const(0.0);
+
+/// The node behind a handle. Handles are checked against the arena before planning starts
+/// (`plan` rejects out-of-range stage nodes and operands that do not precede their users).
+pub(crate) fn ex(m: &Module, h: H) -> &Expr {
+    m.exprs.get(h).unwrap_or(&DUMMY)
+}
+
+fn at<V: Copy + Default>(v: &[V], h: H) -> V {
+    v.get(h.index()).copied().unwrap_or_default()
+}
+
+fn set<V>(v: &mut [V], h: H, x: V) {
+    if let Some(s) = v.get_mut(h.index()) {
+        *s = x;
+    }
 }
 
 pub(crate) fn is_view(e: &Expr) -> bool {
@@ -135,7 +155,7 @@ pub(crate) fn base(m: &Module, mut h: H) -> Option<H> {
 }
 
 fn deps(m: &Module, h: H) -> Vec<H> {
-    let mut v: Vec<H> = m.exprs[h]
+    let mut v: Vec<H> = ex(m, h)
         .operands()
         .into_iter()
         .filter_map(|o| base(m, o))
@@ -170,7 +190,7 @@ fn helper_operands(e: &Expr) -> Vec<H> {
 }
 
 fn domain(m: &Module, h: H) -> Option<StepKind> {
-    match m.exprs[h] {
+    match *ex(m, h) {
         Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } => match m.level(h) {
             Level::Tok => Some(StepKind::Tok),
             Level::Turn => Some(StepKind::Turn),
@@ -197,7 +217,7 @@ fn domain(m: &Module, h: H) -> Option<StepKind> {
 }
 
 fn is_partial_reduce(m: &Module, h: H) -> bool {
-    matches!(m.exprs[h], Expr::Reduce { arg, to, .. }
+    matches!(*ex(m, h), Expr::Reduce { arg, to, .. }
         if m.level(arg) <= Level::Turn && to >= Level::Group)
 }
 
@@ -218,7 +238,7 @@ impl Planner<'_> {
     fn check_deps(&self, h: H) -> Result<Vec<H>, BackendError> {
         let d = deps(self.m, h);
         for &x in &d {
-            if self.place[x.index()] == Place::Unplaced {
+            if at(&self.place, x) == Place::Unplaced {
                 return Err(BackendError::at(
                     self.m,
                     h,
@@ -231,8 +251,8 @@ impl Planner<'_> {
 
     /// Before a helper call: copies of view operands that have no memory of their own.
     fn helper_copies(&mut self, h: H, items: &mut Vec<Item>) {
-        for op in helper_operands(&self.m.exprs[h]) {
-            let own = base(self.m, op) == Some(op) || matches!(self.m.exprs[op], Expr::Input(_));
+        for op in helper_operands(ex(self.m, h)) {
+            let own = base(self.m, op) == Some(op) || matches!(*ex(self.m, op), Expr::Input(_));
             if !own && !self.copy.contains_key(&op) {
                 let buf = self.new_buf(self.m.level(op), BufferKind::Copy(op));
                 self.copy.insert(op, buf);
@@ -245,13 +265,13 @@ impl Planner<'_> {
         let fi = self.functions.len();
         let mut items = Vec::new();
         for &h in nodes {
-            if is_view(&self.m.exprs[h]) || self.place[h.index()] != Place::Unplaced {
+            if is_view(ex(self.m, h)) || at(&self.place, h) != Place::Unplaced {
                 continue;
             }
             self.check_deps(h)?;
             self.helper_copies(h, &mut items);
             items.push(Item::Node(h));
-            self.place[h.index()] = Place::Small(fi);
+            set(&mut self.place, h, Place::Small(fi));
         }
         self.functions.push(FnPlan {
             name: format!("stage{si}_small"),
@@ -282,18 +302,18 @@ impl Planner<'_> {
             },
         ];
         for &h in nodes {
-            if is_view(&m.exprs[h]) || self.place[h.index()] != Place::Unplaced {
+            if is_view(ex(m, h)) || at(&self.place, h) != Place::Unplaced {
                 continue;
             }
             let d = self.check_deps(h)?;
             let in_post = d.iter().any(|&x| {
-                self.place[x.index()] == Place::Post(f_post)
-                    || (matches!(self.place[x.index()], Place::Step(f, _) if f == f_tok)
+                at(&self.place, x) == Place::Post(f_post)
+                    || (matches!(at(&self.place, x), Place::Step(f, _) if f == f_tok)
                         && is_partial_reduce(m, x))
             });
             let in_steps = d
                 .iter()
-                .any(|&x| matches!(self.place[x.index()], Place::Step(f, _) if f == f_tok));
+                .any(|&x| matches!(at(&self.place, x), Place::Step(f, _) if f == f_tok));
             let dom = domain(m, h);
             let place = match dom {
                 _ if in_post => Place::Post(f_post),
@@ -302,16 +322,18 @@ impl Planner<'_> {
                 Some(kind) => {
                     let mut r = 0;
                     for &x in &d {
-                        if let Place::Step(_, j) = self.place[x.index()] {
+                        if let Place::Step(_, j) = at(&self.place, x) {
                             let xk = steps.get(j).map(|s| s.kind);
                             let same = xk == Some(kind)
                                 && kind != StepKind::Scan
-                                && !matches!(m.exprs[x], Expr::Reduce { .. });
+                                && !matches!(*ex(m, x), Expr::Reduce { .. });
                             r = r.max(if same { j } else { j + 1 });
                         }
                     }
                     let found = (kind != StepKind::Scan)
-                        .then(|| (r..steps.len()).find(|&i| steps[i].kind == kind))
+                        .then(|| {
+                            (r..steps.len()).find(|&i| steps.get(i).is_some_and(|s| s.kind == kind))
+                        })
                         .flatten();
                     let j = match found {
                         Some(j) => j,
@@ -343,13 +365,13 @@ impl Planner<'_> {
             if matches!(place, Place::Step(..)) && is_partial_reduce(m, h) {
                 post.push(Item::Combine(h));
             }
-            self.place[h.index()] = place;
+            set(&mut self.place, h, place);
         }
         steps.retain(|s| !s.nodes.is_empty());
         // Step indices changed: renumber the places of this pass.
         for (j, s) in steps.iter().enumerate() {
             for &h in &s.nodes {
-                self.place[h.index()] = Place::Step(f_tok, j);
+                set(&mut self.place, h, Place::Step(f_tok, j));
             }
         }
         let name = |part: &str| format!("stage{si}_{part}");
@@ -420,7 +442,7 @@ pub(crate) fn plan(m: &Module, s: &Schedule) -> Result<Plan, BackendError> {
             ));
         }
         for x in deps(m, r).into_iter().chain(base(m, r)) {
-            if p.place[x.index()] == Place::Unplaced {
+            if at(&p.place, x) == Place::Unplaced {
                 return Err(BackendError::at(
                     m,
                     x,
@@ -447,24 +469,24 @@ pub(crate) fn plan(m: &Module, s: &Schedule) -> Result<Plan, BackendError> {
     let mut need = vec![false; n];
     let places = p.place.clone();
     for (h, e) in m.exprs.iter() {
-        let ph = places[h.index()];
+        let ph = at(&places, h);
         if ph == Place::Unplaced {
             continue;
         }
         for d in deps(m, h) {
-            if places[d.index()] != ph {
-                need[d.index()] = true;
+            if at(&places, d) != ph {
+                set(&mut need, d, true);
             }
         }
         for op in helper_operands(e) {
             if let Some(b) = base(m, op) {
-                need[b.index()] = true;
+                set(&mut need, b, true);
             }
         }
     }
     for &r in &root_list {
         if let Some(b) = base(m, r) {
-            need[b.index()] = true;
+            set(&mut need, b, true);
         }
     }
     let _ = final_fn;
@@ -473,21 +495,22 @@ pub(crate) fn plan(m: &Module, s: &Schedule) -> Result<Plan, BackendError> {
     let mut partial = HashMap::new();
     let mut count = HashMap::new();
     for h in m.exprs.handles() {
-        let place = places[h.index()];
+        let place = at(&places, h);
         if place == Place::Unplaced {
             continue;
         }
-        let e = &m.exprs[h];
+        let e = ex(m, h);
         let level = m.level(h);
         let ssa_ok = level == Level::Tok
             && !matches!(e, Expr::Scan { .. } | Expr::Reduce { .. })
             && matches!(place, Place::Step(..))
-            && !need[h.index()];
-        loc[h.index()] = if ssa_ok {
+            && !at(&need, h);
+        let l = if ssa_ok {
             Loc::Ssa
         } else {
             Loc::Buf(p.new_buf(level, BufferKind::Node(h)))
         };
+        set(&mut loc, h, l);
         if let Expr::Reduce { op, to, arg, .. } = *e {
             let minmax = op != ReduceOp::Sum;
             let in_step = matches!(place, Place::Step(..));
@@ -503,7 +526,7 @@ pub(crate) fn plan(m: &Module, s: &Schedule) -> Result<Plan, BackendError> {
         }
     }
     let pick = |r: H, copy: Option<usize>| -> Result<usize, BackendError> {
-        match (copy, loc[r.index()]) {
+        match (copy, at(&loc, r)) {
             (Some(b), _) | (None, Loc::Buf(b)) => Ok(b),
             (None, Loc::None | Loc::Ssa) => Err(BackendError::at(m, r, "result has no buffer")),
         }
