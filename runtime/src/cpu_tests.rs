@@ -408,11 +408,11 @@ fn values_match_direct_computation() {
     let (lp, old, rw, mask) = (v("logp"), v("old"), v("reward"), v("mask"));
     let d: Vec<f64> = lp.iter().zip(&old).map(|(a, b)| a - b).collect();
     let mut loss = 0.0;
-    for s in 0..l.n_seqs() {
+    for (s, r) in rw.iter().enumerate() {
         let (a, b) = (l.seq_offsets[s], l.seq_offsets[s + 1]);
         let sum: f64 = (a..b)
             .filter(|&t| mask[t] != 0.0)
-            .map(|t| d[t].exp() * rw[s])
+            .map(|t| d[t].exp() * r)
             .sum();
         loss += sum / ((b - a) as f64).max(1.0);
     }
