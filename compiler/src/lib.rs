@@ -31,6 +31,9 @@ pub use types::{DType, Level, Ty};
 pub struct Options {
     /// Which objective of the file to compile (needed when the file has several).
     pub objective: Option<String>,
+    /// Extra modules `(name, source)` importable as `std::<name>`, searched before the embedded
+    /// stdlib (tests inject modules with it; tools can add a search path).
+    pub extra_modules: Vec<(String, String)>,
 }
 
 /// A compiled objective: the IR with its gradients, its schedule, and the sources it came from.
