@@ -263,3 +263,40 @@ pub fn emit_text(c: &crate::Compiled) -> Result<String, BackendError> {
 pub fn math_symbol(op: &str, f64: bool) -> String {
     clif_emit::symbol(op, f64)
 }
+
+/// Every node a result needs, in arena order, as one token pass. This is a valid schedule for
+/// any module: the planner splits it into serial parts and per-sequence sweeps (see
+/// `clif_plan.rs`). Used by tests that exercise the backend independently of the scheduler.
+pub fn one_pass_schedule(m: &Module) -> Schedule {
+    let n = m.exprs.len();
+    let mut need = vec![false; n];
+    let mut roots: Vec<Handle<Expr>> = vec![m.loss];
+    roots.extend(m.grads.iter().map(|g| g.value));
+    roots.extend(m.metrics.iter().map(|x| x.value));
+    roots.extend(m.outputs.iter().map(|x| x.value));
+    for r in roots {
+        if let Some(x) = need.get_mut(r.index()) {
+            *x = true;
+        }
+    }
+    for (h, e) in m.exprs.iter().rev() {
+        if need.get(h.index()).copied().unwrap_or(false) {
+            for op in e.operands() {
+                if let Some(x) = need.get_mut(op.index()) {
+                    *x = true;
+                }
+            }
+        }
+    }
+    let nodes = m
+        .exprs
+        .handles()
+        .filter(|h| need.get(h.index()).copied().unwrap_or(false))
+        .collect();
+    Schedule {
+        stages: vec![crate::schedule::Stage {
+            kind: crate::schedule::StageKind::TokenPass,
+            nodes,
+        }],
+    }
+}
