@@ -151,6 +151,13 @@ fn buckets(l: &LayoutView<'_>, level: Level, within: Level) -> Vec<Vec<usize>> {
     b
 }
 
+/// IEEE order with `-0 == +0` and NaN after every number (NaNs equal): the order of `Rank` and
+/// `Quantile` (ties are then broken by packed index).
+fn order(a: f64, b: f64) -> Ordering {
+    a.partial_cmp(&b)
+        .unwrap_or_else(|| a.is_nan().cmp(&b.is_nan()))
+}
+
 pub(crate) fn rank<T: Real>(
     l: &LayoutView<'_>,
     arg: &[T],
@@ -163,19 +170,7 @@ pub(crate) fn rank<T: Real>(
             .iter()
             .filter_map(|&i| arg.get(i).map(|x| (x.to_f64(), i)))
             .collect();
-        for &(x, i) in &v {
-            if x.is_nan() {
-                if let Some(o) = out.get_mut(i) {
-                    *o = T::from_f64(0.0);
-                }
-            }
-        }
-        v.retain(|(x, _)| !x.is_nan());
-        v.sort_by(|a, b| {
-            a.0.partial_cmp(&b.0)
-                .unwrap_or(Ordering::Equal)
-                .then(a.1.cmp(&b.1))
-        });
+        v.sort_by(|a, b| order(a.0, b.0).then(a.1.cmp(&b.1)));
         for (r, &(_, i)) in v.iter().enumerate() {
             if let Some(o) = out.get_mut(i) {
                 *o = T::from_f64(r as f64);
@@ -199,17 +194,11 @@ pub(crate) fn quantile<T: Real>(
             .filter(|&&i| filter.is_none_or(|f| f.get(i).is_some_and(|x| x.to_f64() != 0.0)))
             .filter_map(|&i| arg.get(i).map(|x| (x.to_f64(), i)))
             .collect();
-        v.sort_by(|a, b| {
-            let o = match (a.0.is_nan(), b.0.is_nan()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Greater,
-                (false, true) => Ordering::Less,
-                (false, false) => a.0.partial_cmp(&b.0).unwrap_or(Ordering::Equal),
-            };
-            o.then(a.1.cmp(&b.1))
-        });
+        v.sort_by(|a, b| order(a.0, b.0).then(a.1.cmp(&b.1)));
         let r = if v.is_empty() {
             0.0
+        } else if q.is_nan() {
+            f64::NAN
         } else {
             let q = q.clamp(0.0, 1.0);
             let pos = q * (v.len() - 1) as f64;
