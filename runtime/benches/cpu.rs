@@ -225,7 +225,11 @@ fn main() {
             let c = compile(name);
             let batch = restrict(&full, &c);
             let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
-            let sched = if c.schedule.stages.is_empty() { rlo_compiler::back::clif::one_pass_schedule(&c.module) } else { c.schedule.clone() };
+            let sched = if c.schedule.stages.is_empty() {
+                rlo_compiler::back::clif::one_pass_schedule(&c.module)
+            } else {
+                c.schedule.clone()
+            };
             let k = CpuKernel::compile(&c.module, &sched, ClifOptions::default())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let mut bound = Bound::<f32>::new(&k, &c.module, &batch).expect("bind");

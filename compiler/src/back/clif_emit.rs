@@ -769,7 +769,10 @@ impl Fx<'_, '_, '_> {
         let acc = self.b.declare_var(self.e.t);
         let z = self.fconst(0.0);
         self.b.def_var(acc, z);
-        let rev = op != ScanOp::CumSum;
+        // The discount at the previous element (DiscountedCumSum reads d[t−1]).
+        let prev_d = self.b.declare_var(self.e.t);
+        self.b.def_var(prev_d, z);
+        let rev = matches!(op, ScanOp::RevCumSum | ScanOp::DiscountedRevCumSum);
         self.for_range(a, e, rev, &mut |fx, i, first| {
             let mut c = Ctx::at(level, i);
             c.s = Some(s);
@@ -783,7 +786,15 @@ impl Fx<'_, '_, '_> {
                     let sum = fx.b.ins().fadd(x, dp);
                     fx.b.ins().select(first, x, sum)
                 }
-                (ScanOp::DiscountedRevCumSum, None) => {
+                (ScanOp::DiscountedCumSum, Some(d)) => {
+                    let dprev = fx.b.use_var(prev_d);
+                    let dp = fx.b.ins().fmul(dprev, prev);
+                    let sum = fx.b.ins().fadd(x, dp);
+                    let d = fx.value(d, &mut c)?;
+                    fx.b.def_var(prev_d, d);
+                    fx.b.ins().select(first, x, sum)
+                }
+                (ScanOp::DiscountedRevCumSum | ScanOp::DiscountedCumSum, None) => {
                     return Err(BackendError::at(m, h, "discounted scan without discount"))
                 }
                 (ScanOp::CumSum | ScanOp::RevCumSum, _) => fx.b.ins().fadd(prev, x),
