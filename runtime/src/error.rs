@@ -102,4 +102,9 @@ pub enum RuntimeError {
     /// A CUDA driver call failed (allocation, copy, module load, launch).
     #[error("cuda: {0}")]
     Cuda(String),
+
+    // ---- cpu (cpu.rs) ----
+    /// The CPU (Cranelift) backend failed: codegen, JIT, or a batch it cannot bind.
+    #[error(transparent)]
+    Cpu(#[from] crate::cpu::CpuError),
 }

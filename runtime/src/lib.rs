@@ -6,6 +6,7 @@
 
 pub mod bind;
 pub mod cpu;
+mod cpu_helpers;
 pub mod cuda;
 pub mod error;
 pub mod microbatch;
@@ -84,10 +85,12 @@ impl Objective {
         check_batch(&self.compiled.module, batch)?;
         match backend {
             Backend::Interp => interp_evaluate(&self.compiled, batch, params),
-            Backend::Cpu => Err(RuntimeError::Unsupported(
-                "backend `cpu` (Cranelift) is not built into this rloc yet; use --backend interp"
-                    .into(),
-            )),
+            Backend::Cpu => Ok(cpu::evaluate(
+                &self.compiled,
+                batch,
+                params,
+                cpu::CpuOptions::default(),
+            )?),
             Backend::Cuda => cuda::evaluate(&self.compiled, batch, params),
         }
     }
