@@ -190,6 +190,14 @@ fn emit_each_form() {
         "no source locations in the CUDA C"
     );
 
+    let o = rloc(&["emit", "clif", &f]);
+    let clif = text(&o).0;
+    assert!(
+        o.status.success() && clif.contains("function"),
+        "{:?}",
+        text(&o)
+    );
+
     let o = rloc(&["emit", "schedule", &f]);
     let s = text(&o).0;
     assert!(o.status.success() && s.contains("token pass"), "{s}");
@@ -229,6 +237,43 @@ fn run_writes_results_in_input_shapes() {
     assert_eq!(r["output.adv"].shape, vec![4]);
     assert_eq!(r["loss"].shape, Vec::<usize>::new());
     assert!(r.contains_key("metric.clip_frac"));
+}
+
+/// `rloc run --backend cpu` agrees with the interpreter (cpu: f32 math, so 1e-5 relative).
+#[test]
+fn run_on_cpu_matches_the_interpreter() {
+    let d = dir("runcpu");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let b = batch(&d);
+    let (oi, oc) = (d.join("i.safetensors"), d.join("c.safetensors"));
+    for (backend, o) in [("interp", &oi), ("cpu", &oc)] {
+        let out = o.display().to_string();
+        let r = rloc(&[
+            "run",
+            &f,
+            "--batch",
+            &b,
+            "--out",
+            &out,
+            "--backend",
+            backend,
+        ]);
+        assert!(r.status.success(), "{backend}: {:?}", text(&r));
+    }
+    let (a, c) = (read_file(&oi).expect("i"), read_file(&oc).expect("c"));
+    for name in ["loss", "grad.logp", "metric.clip_frac", "output.adv"] {
+        let (Some(Values::Float(x)), Some(Values::Float(y))) = (a[name].values(), c[name].values())
+        else {
+            panic!("{name} not float")
+        };
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-5 * p.abs().max(1e-3),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -51,9 +51,15 @@ pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<Ex
             }
         }
         EmitKind::Clif => {
-            return Err(CliError::Plain(
-                "`emit clif`: the Cranelift backend is not built into this rloc yet".into(),
-            ));
+            let opts = rlo_compiler::back::clif::ClifOptions::default();
+            match rlo_compiler::back::clif::emit(&c.module, &c.schedule, &opts) {
+                Ok(p) => rlo_compiler::back::clif::program_text(&c.module, &p),
+                Err(e) => {
+                    return Err(CliError::Rendered(
+                        e.to_diagnostic().render(&c.sources, color()),
+                    ))
+                }
+            }
         }
     };
     out!("{text}");
