@@ -225,12 +225,7 @@ fn main() {
             let c = compile(name);
             let batch = restrict(&full, &c);
             let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
-            let sched = if c.schedule.stages.is_empty() {
-                rlo_compiler::back::clif::one_pass_schedule(&c.module)
-            } else {
-                c.schedule.clone()
-            };
-            let k = CpuKernel::compile(&c.module, &sched, ClifOptions::default())
+            let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let mut bound = Bound::<f32>::new(&k, &c.module, &batch).expect("bind");
             let t1 = time(reps, || k.run(&mut bound, &params, 1).expect("run"));
@@ -312,5 +307,5 @@ fn main() {
 }
 
 fn interp(c: &Compiled, b: &Batch, params: &[f64]) {
-    let _ = (c, b, params);
+    rlo_compiler::back::interp::evaluate(&c.module, &c.schedule, b, params).expect("interpreter");
 }
