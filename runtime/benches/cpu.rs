@@ -221,7 +221,7 @@ fn main() {
         let full = make_batch(b, t, 7);
         let n = full.layout.n_tokens();
         let reps = if n > 1_000_000 { 3 } else { 5 };
-        for name in ["grpo", "dapo", "gspo"] {
+        for name in ["grpo", "grpo_lean", "dapo", "gspo"] {
             let c = compile(name);
             let batch = restrict(&full, &c);
             let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
@@ -237,7 +237,7 @@ fn main() {
                 interp(&c, &sub, &params);
             });
             let interp_rate = mtok(ns, ti);
-            let (hand, ratio_hand) = if name == "grpo" {
+            let (hand, ratio_hand) = if name.starts_with("grpo") {
                 let f = |k: &str| {
                     batch.values[k]
                         .iter()
@@ -272,7 +272,7 @@ fn main() {
                     })
                     .unwrap_or(f64::NAN);
                 eprintln!(
-                    "grpo {b}x{t}: hand loss {loss}, cpu loss {}, max |grad diff| {gdiff:e}",
+                    "{name} {b}x{t}: hand loss {loss}, cpu loss {}, max |grad diff| {gdiff:e}",
                     cpu_eval.loss
                 );
                 (
