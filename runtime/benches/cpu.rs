@@ -35,13 +35,33 @@ fn source(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
+/// Exactly the hand loop's formula: stdlib grpo at its defaults with loss_agg_mode 2 fixed and
+/// without metrics or outputs (stdlib grpo selects among 4 aggregations at run time and
+/// computes 6 metrics and the advantages as well).
+const GRPO_LEAN: &str = "
+use std::adv::grpo_adv
+use std::ratio::{token_ratio, dual_clip}
+use std::kl::k3_verl
+use std::agg::seq_mean_token_mean
+objective grpo_lean(eps: f32 = 0.2, beta: f32 = 0.04) {
+    input logp: tok diff
+    input old_logp: tok
+    input ref_logp: tok
+    input reward: seq
+    let adv = grpo_adv(reward, 1e-6)
+    let ratio = token_ratio(logp, old_logp, 20)
+    loss seq_mean_token_mean(dual_clip(ratio, adv, eps, eps, 3) + beta * k3_verl(logp, ref_logp))
+}
+";
+
 fn compile(name: &str) -> Compiled {
-    rlo_compiler::compile(
-        &format!("stdlib/{name}.rlo"),
-        &source(name),
-        &Default::default(),
-    )
-    .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
+    let text = if name == "grpo_lean" {
+        GRPO_LEAN.to_string()
+    } else {
+        source(name)
+    };
+    rlo_compiler::compile(&format!("stdlib/{name}.rlo"), &text, &Default::default())
+        .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
 }
 
 fn make_batch(b: usize, t: usize, seed: u64) -> Batch {
