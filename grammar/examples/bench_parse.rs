@@ -25,7 +25,10 @@ fn generate(lines: usize) -> String {
         i += 1;
         n += 1;
     }
-    s.push_str(&format!("    loss batch_mean(seq_mean(v{}))\n}}\n", i.saturating_sub(1)));
+    s.push_str(&format!(
+        "    loss batch_mean(seq_mean(v{}))\n}}\n",
+        i.saturating_sub(1)
+    ));
     s
 }
 

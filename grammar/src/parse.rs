@@ -27,7 +27,9 @@ struct RloParser;
 /// depth even in debug builds, whatever the caller's own stack (test threads have 2 MiB).
 const STACK_SIZE: usize = 32 * 1024 * 1024;
 
-/// Parses one file: the AST, or every syntax error found (sorted by position).
+/// Parses one file: the AST, or its syntax errors sorted by position: all stray characters and
+/// AST-level errors, and the first grammar error of each item (the parse restarts at the next
+/// item), at most 20.
 pub fn parse(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
     stacker::maybe_grow(STACK_SIZE / 2, STACK_SIZE, || parse_inner(src, file))
 }
@@ -39,7 +41,7 @@ fn parse_inner(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
     }
     let mut pairs = match pest_parse(src) {
         Ok(p) => p,
-        Err(e) => return Err(vec![crate::perror::convert(src, file, &e)]),
+        Err(e) => return Err(recover(src, file, crate::perror::convert(src, file, &e))),
     };
     let Some(top) = pairs.next() else {
         return Err(vec![Diagnostic::error("E0001", "empty parse")]);
@@ -82,6 +84,79 @@ fn parse_inner(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
         b.errors.sort_by_key(|d| d.primary_span());
         Err(b.errors)
     }
+}
+
+/// At most this many syntax errors are reported for one file.
+const MAX_ERRORS: usize = 20;
+
+/// After a syntax error, parses again from the next line that starts an item at column 0
+/// (`fn`, `objective`, `use`, `///`) to report the errors of later items too. Each restart
+/// parses a suffix of the file, so the spans of its diagnostics are shifted back.
+fn recover(src: &str, file: FileId, first: Diagnostic) -> Vec<Diagnostic> {
+    let mut errors = vec![first];
+    while let Some(last) = errors.last().and_then(Diagnostic::primary_span) {
+        let from = (last.end as usize).max(last.start as usize + 1);
+        let Some(start) = next_item_start(src, from) else {
+            break;
+        };
+        if errors.len() >= MAX_ERRORS {
+            break;
+        }
+        let rest = &src[start..];
+        let (found, more) = match pest_parse(rest) {
+            Ok(_) => (parse_inner(rest, file).err().unwrap_or_default(), false),
+            Err(e) => (vec![crate::perror::convert(rest, file, &e)], true),
+        };
+        for mut d in found {
+            for l in &mut d.labels {
+                l.span.start += start as u32;
+                l.span.end += start as u32;
+            }
+            errors.push(d);
+        }
+        if !more {
+            break;
+        }
+    }
+    errors.truncate(MAX_ERRORS);
+    errors
+}
+
+/// The byte offset of the first line after `from` that starts an item at column 0, outside any
+/// braces and comments.
+fn next_item_start(src: &str, from: usize) -> Option<usize> {
+    let bytes = src.as_bytes();
+    let mut depth = 0i64;
+    let mut i = 0;
+    let mut line_start = true;
+    while i < bytes.len() {
+        if line_start && i > from && depth == 0 {
+            let line = &src[i..];
+            if ["fn ", "objective ", "use ", "///"]
+                .iter()
+                .any(|k| line.starts_with(k))
+            {
+                return Some(i);
+            }
+        }
+        line_start = false;
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i = src[i..].find('\n').map(|n| i + n).unwrap_or(src.len());
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = src[i + 2..].find("*/").map(|n| i + 2 + n + 2)?;
+                continue;
+            }
+            b'{' => depth += 1,
+            b'}' => depth -= 1,
+            b'\n' => line_start = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 struct Builder<'s> {
@@ -130,6 +205,19 @@ impl Builder<'_> {
             }
         }
         Span::new(self.file, start, end)
+    }
+
+    /// The span of an item, parameter or statement: from its first token after its doc
+    /// comments (diagnostics point at the code, not at the documentation).
+    fn span_after_docs(&self, p: &Pair<Rule>) -> Span {
+        let full = self.span(p);
+        let start = p
+            .clone()
+            .into_inner()
+            .find(|c| c.as_rule() != Rule::doc_comment)
+            .map(|c| c.as_span().start())
+            .unwrap_or(full.start as usize);
+        Span::new(self.file, start, full.end as usize)
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
@@ -221,7 +309,7 @@ impl Builder<'_> {
     }
 
     fn param(&mut self, p: Pair<Rule>) -> Option<ast::FnParam> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let mut doc = Vec::new();
         let mut name = None;
         let mut ty = None;
@@ -259,7 +347,7 @@ impl Builder<'_> {
     }
 
     fn fn_decl(&mut self, p: Pair<Rule>) -> Option<ast::FnDecl> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let (doc, name, params, rest) = self.header(p);
         let block = rest.into_iter().find(|c| c.as_rule() == Rule::block)?;
         let block_span = self.span(&block);
@@ -310,7 +398,7 @@ impl Builder<'_> {
     }
 
     fn objective_decl(&mut self, p: Pair<Rule>) -> Option<ast::ObjectiveDecl> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let (doc, name, params, rest) = self.header(p);
         let params = params
             .into_iter()
@@ -342,7 +430,7 @@ impl Builder<'_> {
     }
 
     fn stmt(&mut self, p: Pair<Rule>) -> Option<ast::Stmt> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let mut doc = Vec::new();
         let mut kind = None;
         for c in p.into_inner() {
@@ -473,13 +561,6 @@ impl Builder<'_> {
                 .with_help("use `inf` for infinity")),
             },
             Rule::boolean => leaf(ExprKind::Bool(p.as_str() == "true")),
-            Rule::name => {
-                let id = p.into_inner().next().map(|i| self.ident(i));
-                match id {
-                    Some(id) => leaf(ExprKind::Name(id)),
-                    None => Err(Diagnostic::error("E0001", "malformed name")),
-                }
-            }
             Rule::paren => {
                 let inner = p.into_inner().find(|c| c.as_rule() == Rule::expr);
                 let (e, d) = match inner {
@@ -520,62 +601,57 @@ impl Builder<'_> {
                     _ => Err(Diagnostic::error("E0001", "malformed `if`")),
                 }
             }
-            Rule::call => {
-                let mut callee = None;
+            Rule::name => {
+                let mut inner = p.into_inner();
+                let Some(callee) = inner.next().map(|i| self.ident(i)) else {
+                    return Err(Diagnostic::error("E0001", "malformed name"));
+                };
+                let Some(arg_pairs) = inner.next() else {
+                    return leaf(ExprKind::Name(callee));
+                };
                 let mut args: Vec<ast::Arg> = Vec::new();
                 let mut depth = 0;
                 let mut first_named: Option<Span> = None;
-                for c in p.into_inner() {
-                    match c.as_rule() {
-                        Rule::callee => callee = Some(self.ident(c)),
-                        Rule::arg => {
-                            let aspan = self.span(&c);
-                            let mut name = None;
-                            let mut value = None;
-                            for a in c.into_inner() {
-                                match a.as_rule() {
-                                    Rule::arg_name => {
-                                        name = a.into_inner().next().map(|i| self.ident(i))
-                                    }
-                                    Rule::expr => value = Some(self.build_expr(a)?),
-                                    _ => {}
-                                }
-                            }
-                            let Some((value, d)) = value else { continue };
-                            depth = depth.max(d);
-                            match (&name, first_named) {
-                                (Some(_), None) => first_named = Some(aspan),
-                                (None, Some(named)) => self.errors.push(
-                                    Diagnostic::error(
-                                        "E0008",
-                                        "positional argument after a named argument",
-                                    )
-                                    .with_primary(aspan, "positional argument")
-                                    .with_secondary(named, "named argument given before it")
-                                    .with_help("put positional arguments first: `f(x, where: m)`"),
-                                ),
-                                _ => {}
-                            }
-                            args.push(ast::Arg {
-                                name,
-                                value,
-                                span: aspan,
-                            });
+                for c in arg_pairs.into_inner().filter(|c| c.as_rule() == Rule::arg) {
+                    let aspan = self.span(&c);
+                    let mut name = None;
+                    let mut value = None;
+                    for a in c.into_inner() {
+                        match a.as_rule() {
+                            Rule::arg_name => name = a.into_inner().next().map(|i| self.ident(i)),
+                            Rule::expr => value = Some(self.build_expr(a)?),
+                            _ => {}
                         }
+                    }
+                    let Some((value, d)) = value else { continue };
+                    depth = depth.max(d);
+                    match (&name, first_named) {
+                        (Some(_), None) => first_named = Some(aspan),
+                        (None, Some(named)) => self.errors.push(
+                            Diagnostic::error(
+                                "E0008",
+                                "positional argument after a named argument",
+                            )
+                            .with_primary(aspan, "positional argument")
+                            .with_secondary(named, "named argument given before it")
+                            .with_help("put positional arguments first: `f(x, where: m)`"),
+                        ),
                         _ => {}
                     }
+                    args.push(ast::Arg {
+                        name,
+                        value,
+                        span: aspan,
+                    });
                 }
                 deep(span, depth + 1)?;
-                match callee {
-                    Some(callee) => Ok((
-                        Expr {
-                            kind: ExprKind::Call { callee, args },
-                            span,
-                        },
-                        depth + 1,
-                    )),
-                    None => Err(Diagnostic::error("E0001", "malformed call")),
-                }
+                Ok((
+                    Expr {
+                        kind: ExprKind::Call { callee, args },
+                        span,
+                    },
+                    depth + 1,
+                ))
             }
             _ => Err(Diagnostic::error("E0001", "malformed expression")),
         }

@@ -36,11 +36,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::paren
         | Rule::number
         | Rule::boolean
-        | Rule::call
-        | Rule::callee
         | Rule::name
         | Rule::kw_if => "an expression",
-        Rule::arg | Rule::arg_name => "an argument",
+        Rule::args | Rule::arg | Rule::arg_name => "an argument",
         Rule::infix => "an operator",
         Rule::ident => "a name",
         Rule::stmt

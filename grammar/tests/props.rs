@@ -23,9 +23,11 @@ fn check(src: &str) -> Result<(), TestCaseError> {
             let once = format_file(&ast, src);
             let again = match parse(&once, FileId(0)) {
                 Ok(a) => a,
-                Err(d) => return Err(TestCaseError::fail(format!(
+                Err(d) => {
+                    return Err(TestCaseError::fail(format!(
                     "formatted text does not parse: {d:?}\n--- input\n{src}\n--- formatted\n{once}"
-                ))),
+                )))
+                }
             };
             prop_assert!(
                 cmp::same_modulo_layout(&ast, &again),
@@ -61,7 +63,11 @@ fn load_corpus() -> Vec<String> {
     let stdlib = std::env::var_os("RLO_STDLIB_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("../stdlib"));
-    for dir in [root.join("tests/programs"), root.join("tests/errors"), stdlib] {
+    for dir in [
+        root.join("tests/programs"),
+        root.join("tests/errors"),
+        stdlib,
+    ] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             paths.sort();

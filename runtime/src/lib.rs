@@ -10,6 +10,9 @@ mod cpu_helpers;
 pub mod cuda;
 pub mod error;
 pub mod microbatch;
+pub mod split_plan;
+pub mod tensor;
+pub mod write;
 
 #[cfg(feature = "candle")]
 pub mod candle;
@@ -72,16 +75,56 @@ impl Objective {
         params: &[f64],
         backend: Backend,
     ) -> Result<Evaluation, RuntimeError> {
+        if params.len() != self.compiled.module.params.len() {
+            return Err(RuntimeError::Unsupported(format!(
+                "objective `{}` takes {} parameters, got {}",
+                self.compiled.module.name,
+                self.compiled.module.params.len(),
+                params.len()
+            )));
+        }
         match backend {
+            Backend::Interp => interp_evaluate(&self.compiled, batch, params),
             Backend::Cpu => Ok(cpu::evaluate(
                 &self.compiled,
                 batch,
                 params,
                 cpu::CpuOptions::default(),
             )?),
-            Backend::Interp | Backend::Cuda => {
-                Err(RuntimeError::Unsupported("evaluation not wired yet".into()))
-            }
+            Backend::Cuda => cuda::evaluate(&self.compiled, batch, params),
         }
     }
+
+    /// Binds a batch (named tensors) to this objective's inputs; see [`bind`].
+    pub fn bind(
+        &self,
+        tensors: &tensor::Tensors,
+        opts: &bind::BindOptions,
+    ) -> Result<bind::Bound, RuntimeError> {
+        bind::bind(tensors, &self.compiled.module, opts)
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "interp" => Ok(Backend::Interp),
+            "cpu" => Ok(Backend::Cpu),
+            "cuda" => Ok(Backend::Cuda),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected interp, cpu or cuda)"
+            )),
+        }
+    }
+}
+
+/// The reference interpreter on a compiled objective.
+fn interp_evaluate(
+    c: &Compiled,
+    batch: &Batch,
+    params: &[f64],
+) -> Result<Evaluation, RuntimeError> {
+    rlo_compiler::back::interp::evaluate(&c.module, &c.schedule, batch, params)
+        .map_err(|e| RuntimeError::Interp(e.to_string()))
 }

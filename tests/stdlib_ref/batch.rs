@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rlo_compiler::{Batch, Layout};
 
-use super::dual::{c, D};
+use super::dual::D;
 
 /// A tiny deterministic generator (splitmix64), so batches do not depend on any crate's RNG.
 pub struct Rng(u64);
@@ -84,11 +84,11 @@ impl Pad {
         let mut turn_offsets = vec![0];
         let mut tok_turn = Vec::new();
         for i in 0..b {
-            let t0 = *turn_offsets.last().unwrap();
+            let t0 = *turn_offsets.last().expect("starts at 0");
             for t in 0..self.len[i] {
                 tok_turn.push((t0 + self.tok_turn[i][t]) as u32);
             }
-            seq_offsets.push(seq_offsets.last().unwrap() + self.len[i]);
+            seq_offsets.push(seq_offsets.last().expect("starts at 0") + self.len[i]);
             turn_offsets.push(t0 + self.n_turns[i]);
         }
         let layout = Layout {
@@ -105,7 +105,9 @@ impl Pad {
             values.insert(name.to_string(), packed);
         }
         for (name, v) in &self.turn {
-            let packed = (0..b).flat_map(|i| v[i][..self.n_turns[i]].to_vec()).collect();
+            let packed = (0..b)
+                .flat_map(|i| v[i][..self.n_turns[i]].to_vec())
+                .collect();
             values.insert(name.to_string(), packed);
         }
         for (name, v) in &self.seq {
@@ -122,7 +124,8 @@ fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
     }
 }
 
-/// A seeded random batch of the given shape. Every batch has: a group whose rewards are all equal,
+/// A seeded random batch of the given shape. Every batch has: a group whose rewards are all equal
+/// (not Pairs), an empty sequence (seed 3, Policy),
 /// a group of one (Policy/Turns), a length-1 sequence, and tokens whose log-ratio
 /// |logp − old_logp| lies in 5..20.
 pub fn generate(seed: u64, shape: Shape) -> Pad {
@@ -141,10 +144,20 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let mut len: Vec<usize> = (0..b).map(|_| rng.int(1, 7)).collect();
     let short = rng.int(0, b - 1);
     len[short] = 1;
+    // Seed 3 (Policy shape) also has an empty sequence (in a group of several).
+    if seed == 3 && shape == Shape::Policy {
+        if let Some(e) = (0..b).find(|&i| i != short && sizes[group[i]] > 1) {
+            len[e] = 0;
+        }
+    }
     let t_max = len.iter().copied().max().unwrap_or(0);
     let pad_tok = |rng: &mut Rng, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<Vec<f64>> {
         (0..b)
-            .map(|i| (0..t_max).map(|t| if t < len[i] { f(rng) } else { f64::NAN }).collect())
+            .map(|i| {
+                (0..t_max)
+                    .map(|t| if t < len[i] { f(rng) } else { f64::NAN })
+                    .collect()
+            })
             .collect()
     };
     let logp = pad_tok(&mut rng, &mut |r| -r.range(0.02, 3.0));
@@ -160,7 +173,8 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     }
     // Large log-ratios on a few tokens (both signs).
     for k in 0..3 {
-        let i = rng.int(0, b - 1);
+        let nonempty: Vec<usize> = (0..b).filter(|&i| len[i] > 0).collect();
+        let i = nonempty[rng.int(0, nonempty.len() - 1)];
         let t = rng.int(0, len[i] - 1);
         let m = rng.range(5.0, 20.0);
         old_logp[i][t] = logp[i][t] + if k % 2 == 0 { m } else { -m };
@@ -171,10 +185,11 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let adv = pad_tok(&mut rng, &mut |r| r.range(-2.0, 2.0));
 
     // Rewards: binary for even seeds, quarter steps (with ties) for odd; one all-equal group.
-    let equal_group = rng.int(0, sizes.len() - 1);
+    let multi: Vec<usize> = (0..sizes.len()).filter(|&g| sizes[g] > 1).collect();
+    let equal_group = multi[rng.int(0, multi.len() - 1)];
     let mut reward: Vec<f64> = (0..b)
         .map(|_| {
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 f64::from(rng.unit() < 0.5)
             } else {
                 (rng.range(-1.0, 1.0) * 4.0).round() / 4.0
@@ -201,19 +216,35 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let mut tok_turn = Vec::new();
     let mut n_turns = Vec::new();
     for &l in &len {
-        let k = if shape == Shape::Turns { rng.int(1, 3).min(l.max(1)) } else { 1 };
+        let k = if shape == Shape::Turns {
+            rng.int(1, 3).min(l.max(1))
+        } else {
+            1
+        };
         // k − 1 distinct cut points in 1..l.
         let mut cuts: Vec<usize> = (1..l).collect();
         shuffle(&mut rng, &mut cuts);
         let mut cuts: Vec<usize> = cuts.into_iter().take(k - 1).collect();
         cuts.sort_unstable();
-        let tt = (0..l).map(|t| cuts.iter().filter(|&&c| c <= t).count()).collect();
+        let tt = (0..l)
+            .map(|t| cuts.iter().filter(|&&c| c <= t).count())
+            .collect();
         tok_turn.push(tt);
         n_turns.push(k);
     }
     let k_max = n_turns.iter().copied().max().unwrap_or(1);
     let turn_reward: Vec<Vec<f64>> = (0..b)
-        .map(|i| (0..k_max).map(|k| if k < n_turns[i] { rng.range(-1.0, 1.0) } else { f64::NAN }).collect())
+        .map(|i| {
+            (0..k_max)
+                .map(|k| {
+                    if k < n_turns[i] {
+                        rng.range(-1.0, 1.0)
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
+        })
         .collect();
 
     let mut tok = BTreeMap::new();
@@ -266,7 +297,10 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub fn p(&self, name: &str) -> f64 {
-        *self.params.get(name).unwrap_or_else(|| panic!("reference has no parameter {name}"))
+        *self
+            .params
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no parameter {name}"))
     }
     pub fn flag(&self, name: &str) -> bool {
         self.p(name) != 0.0
@@ -285,7 +319,9 @@ impl Ctx<'_> {
     /// Token input as plain values.
     pub fn tokv(&self, name: &str) -> Vec<Vec<f64>> {
         let v = &self.b.tok[name];
-        (0..self.b.b()).map(|i| v[i][..self.b.len[i]].to_vec()).collect()
+        (0..self.b.b())
+            .map(|i| v[i][..self.b.len[i]].to_vec())
+            .collect()
     }
     pub fn seq(&self, name: &str) -> Vec<f64> {
         self.b.seq[name].clone()
@@ -295,7 +331,8 @@ impl Ctx<'_> {
     }
     pub fn turn(&self, name: &str) -> Vec<Vec<f64>> {
         let v = &self.b.turn[name];
-        (0..self.b.b()).map(|i| v[i][..self.b.n_turns[i]].to_vec()).collect()
+        (0..self.b.b())
+            .map(|i| v[i][..self.b.n_turns[i]].to_vec())
+            .collect()
     }
 }
-

@@ -44,12 +44,23 @@ fn extreme(xs: &[D], better: impl Fn(f64, f64) -> bool) -> D {
     let Some(first) = xs.first() else {
         return c(0.0);
     };
-    let best = xs.iter().fold(first.v, |m, x| if better(x.v, m) { x.v } else { m });
+    let best = xs
+        .iter()
+        .fold(first.v, |m, x| if better(x.v, m) { x.v } else { m });
     let tied: Vec<D> = xs.iter().copied().filter(|x| x.v == best).collect();
     D {
         v: best,
         d: tied.iter().map(|x| x.d).sum::<f64>() / tied.len() as f64,
     }
+}
+
+/// m + log Σ exp(x − m), m the maximum; empty → 0.
+pub fn logsumexp(xs: &[D]) -> D {
+    if xs.is_empty() {
+        return c(0.0);
+    }
+    let m = c(xs.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.v)));
+    m + sum(&xs.iter().map(|&x| (x - m).exp()).collect::<Vec<_>>()).ln()
 }
 
 /// numpy "linear" quantile; ties in the sort broken by position; empty → 0.
@@ -106,7 +117,9 @@ pub fn agg(b: &Pad, x: &Tok, mode: f64) -> D {
 
 /// Token-level values from a per-token closure.
 pub fn map_tok(b: &Pad, f: impl Fn(usize, usize) -> D) -> Tok {
-    (0..b.b()).map(|i| (0..b.len[i]).map(|t| f(i, t)).collect()).collect()
+    (0..b.b())
+        .map(|i| (0..b.len[i]).map(|t| f(i, t)).collect())
+        .collect()
 }
 
 /// Fraction of valid tokens where `f` holds.

@@ -4,4 +4,5 @@ pub mod clif;
 mod clif_emit;
 mod clif_plan;
 mod clif_sweep;
+pub mod cuda;
 pub mod interp;

@@ -368,13 +368,15 @@ impl Builder {
         let d2 = self.binary(BinaryOp::Mul, d, d, span);
         let ss = self.reduce_prim(ReduceOp::Sum, d2, to, filter, span);
         let n = self.count(level, to, filter, span);
-        let unbiased = match unbiased {
-            Some(u) => u,
-            None => self.boolean(true, span),
+        let u = match unbiased.map(|u| (u, self.bool_value(u))) {
+            None | Some((_, Some(true))) => self.konst(1.0, span),
+            Some((_, Some(false))) => self.konst(0.0, span),
+            Some((u, None)) => {
+                let one = self.konst(1.0, span);
+                let zero = self.konst(0.0, span);
+                self.select(u, one, zero, span)
+            }
         };
-        let one = self.konst(1.0, span);
-        let zero = self.konst(0.0, span);
-        let u = self.select(unbiased, one, zero, span);
         let den = self.binary(BinaryOp::Sub, n, u, span);
         self.safe_div_count(ss, den, span)
     }
@@ -433,7 +435,7 @@ impl Builder {
                 let s = self.pos_reduce(RedKind::Sum, arg, span);
                 let n = self.pos_reduce(RedKind::Count, arg, span);
                 // n >= 1 always (the token's own sequence is alive at its position).
-                self.safe_div_count(s, n, span)
+                self.binary(BinaryOp::Div, s, n, span)
             }
             RedKind::Sum | RedKind::Std | RedKind::Var | RedKind::LogSumExp | RedKind::Quantile => {
                 self.add(

@@ -32,6 +32,11 @@ pub struct ModuleInfo {
     pub defs: HashMap<String, FnId>,
     /// Every function callable from this module (definitions and imports).
     pub scope: HashMap<String, FnId>,
+    /// The module did not parse (its errors are reported); names it should provide are not
+    /// reported again as unknown.
+    pub broken: bool,
+    /// Imports from a broken module: unknown function names are not reported.
+    pub imports_broken: bool,
 }
 
 pub struct FnInfo {
@@ -164,10 +169,12 @@ impl Loader<'_> {
                 continue;
             };
             let file_id = self.sources.add(full.clone(), text.clone());
+            let mut broken = false;
             let file = match rlo_grammar::parse(&text, file_id) {
                 Ok(f) => f,
                 Err(d) => {
                     self.parse_errors.extend(d);
+                    broken = true;
                     ast::File {
                         items: Vec::new(),
                         comments: Vec::new(),
@@ -181,6 +188,8 @@ impl Loader<'_> {
                 file,
                 defs: HashMap::new(),
                 scope: HashMap::new(),
+                broken,
+                imports_broken: false,
             });
             self.by_name.insert(full.clone(), idx);
             self.uses.insert((m, i), idx);
@@ -208,6 +217,8 @@ pub fn resolve(
             file: file.clone(),
             defs: HashMap::new(),
             scope: HashMap::new(),
+            broken: false,
+            imports_broken: false,
         }],
         by_name: HashMap::new(),
         uses: HashMap::new(),
@@ -268,10 +279,14 @@ pub fn resolve(
             let Some(tm) = modules.get(target) else {
                 continue;
             };
-            let (tname, tdefs) = (tm.name.clone(), tm.defs.clone());
+            let (tname, tdefs, tbroken) = (tm.name.clone(), tm.defs.clone(), tm.broken);
             let Some(m) = modules.get_mut(mi) else {
                 continue;
             };
+            if tbroken {
+                m.imports_broken = true;
+                continue;
+            }
             match &u.names {
                 ast::UseNames::Glob(_) => {
                     let mut sorted: Vec<_> = tdefs.iter().collect();
@@ -314,12 +329,14 @@ pub fn resolve(
 
     let mut prog = Program { modules, fns };
     find_recursion(&mut prog, errors);
-    for m in &prog.modules {
-        for item in &m.file.items {
-            match item {
-                ast::Item::Use(_) => {}
-                ast::Item::Fn(f) => check_fn_names(f, m, errors),
-                ast::Item::Objective(o) => check_objective_names(o, m, errors),
+    if let Some(user) = prog.modules.first() {
+        for m in &prog.modules {
+            for item in &m.file.items {
+                match item {
+                    ast::Item::Use(_) => {}
+                    ast::Item::Fn(f) => check_fn_names(f, m, user, errors),
+                    ast::Item::Objective(o) => check_objective_names(o, m, user, errors),
+                }
             }
         }
     }
@@ -449,6 +466,10 @@ struct Names<'a> {
     defined: HashMap<String, (Span, bool, bool)>,
     /// Every name the body defines anywhere (for "defined later").
     all: HashMap<String, Span>,
+    /// Names used before their definition (already an error; not also "unused").
+    used_early: Vec<String>,
+    /// Report unused `let`s (only in the user's file: stdlib warnings are not the user's).
+    warn_unused: bool,
     errors: &'a mut Vec<FrontError>,
 }
 
@@ -518,6 +539,9 @@ impl Names<'_> {
             return;
         }
         let later = self.all.get(&id.name).copied();
+        if later.is_some() {
+            self.used_early.push(id.name.clone());
+        }
         let mut candidates: Vec<&str> = self.defined.keys().map(String::as_str).collect();
         for n in builtins::value_names() {
             candidates.push(n);
@@ -533,6 +557,12 @@ impl Names<'_> {
     fn callee(&mut self, id: &ast::Ident) {
         if builtins::lookup(&id.name).is_some() || self.module.scope.contains_key(&id.name) {
             return;
+        }
+        if self.module.imports_broken {
+            return;
+        }
+        if let Some(d) = self.defined.get_mut(&id.name) {
+            d.1 = true;
         }
         if self.defined.contains_key(&id.name) || builtins::lookup_value(&id.name).is_some() {
             self.errors.push(FrontError::NotAFunction {
@@ -554,10 +584,15 @@ impl Names<'_> {
     }
 
     fn finish(self) {
+        if !self.warn_unused {
+            return;
+        }
         let mut unused: Vec<_> = self
             .defined
             .into_iter()
-            .filter(|(n, (_, used, warn))| *warn && !*used && !n.starts_with('_'))
+            .filter(|(n, (_, used, warn))| {
+                *warn && !*used && !n.starts_with('_') && !self.used_early.contains(n)
+            })
             .collect();
         unused.sort_by_key(|(_, (s, _, _))| *s);
         for (name, (span, _, _)) in unused {
@@ -570,7 +605,12 @@ impl Names<'_> {
     }
 }
 
-fn check_fn_names(f: &ast::FnDecl, m: &ModuleInfo, errors: &mut Vec<FrontError>) {
+fn check_fn_names(
+    f: &ast::FnDecl,
+    m: &ModuleInfo,
+    user: &ModuleInfo,
+    errors: &mut Vec<FrontError>,
+) {
     let mut all = HashMap::new();
     for s in &f.body.stmts {
         if let ast::StmtKind::Let { name, .. } = &s.kind {
@@ -586,6 +626,8 @@ fn check_fn_names(f: &ast::FnDecl, m: &ModuleInfo, errors: &mut Vec<FrontError>)
         module: m,
         defined: HashMap::new(),
         all,
+        used_early: Vec::new(),
+        warn_unused: std::ptr::eq(m, user),
         errors,
     };
     for p in &f.params {
@@ -601,7 +643,12 @@ fn check_fn_names(f: &ast::FnDecl, m: &ModuleInfo, errors: &mut Vec<FrontError>)
     names.finish();
 }
 
-fn check_objective_names(o: &ast::ObjectiveDecl, m: &ModuleInfo, errors: &mut Vec<FrontError>) {
+fn check_objective_names(
+    o: &ast::ObjectiveDecl,
+    m: &ModuleInfo,
+    user: &ModuleInfo,
+    errors: &mut Vec<FrontError>,
+) {
     let mut all = HashMap::new();
     for s in &o.body {
         match &s.kind {
@@ -622,6 +669,8 @@ fn check_objective_names(o: &ast::ObjectiveDecl, m: &ModuleInfo, errors: &mut Ve
         module: m,
         defined: HashMap::new(),
         all,
+        used_early: Vec::new(),
+        warn_unused: std::ptr::eq(m, user),
         errors,
     };
     for p in &o.params {
