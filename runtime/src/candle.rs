@@ -372,7 +372,7 @@ pub fn surrogate(
 pub fn token_logp(logits: &Tensor, ids: &Tensor, temperature: f64) -> Result<Tensor> {
     let lsm = log_softmax_t(logits, temperature)?;
     Ok(lsm
-        .gather(&ids.unsqueeze(D::Minus1)?, D::Minus1)?
+        .gather(&ids.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?
         .squeeze(D::Minus1)?)
 }
 
@@ -385,7 +385,7 @@ pub fn token_logp_entropy(
 ) -> Result<(Tensor, Tensor)> {
     let lsm = log_softmax_t(logits, temperature)?;
     let logp = lsm
-        .gather(&ids.unsqueeze(D::Minus1)?, D::Minus1)?
+        .gather(&ids.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?
         .squeeze(D::Minus1)?;
     let entropy = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?;
     Ok((logp, entropy))
