@@ -95,13 +95,25 @@ impl PolicyLoss for RloObjective {
             ("reward", Input::Host(x.reward)),
             ("correct", Input::Host(&correct)),
         ];
-        let out = match rlo_loss(&self.objective, x.tokens, &inputs, &self.params, self.backend) {
+        let out = match rlo_loss(
+            &self.objective,
+            x.tokens,
+            &inputs,
+            &self.params,
+            self.backend,
+        ) {
             Err(rlo_runtime::candle::CandleLossError::Runtime(RuntimeError::Unsupported(why)))
                 if self.backend == Backend::Cpu =>
             {
                 eprintln!("backend cpu unavailable ({why}); falling back to the interpreter");
                 self.backend = Backend::Interp;
-                rlo_loss(&self.objective, x.tokens, &inputs, &self.params, self.backend)?
+                rlo_loss(
+                    &self.objective,
+                    x.tokens,
+                    &inputs,
+                    &self.params,
+                    self.backend,
+                )?
             }
             r => r?,
         };
@@ -190,7 +202,11 @@ impl PolicyLoss for CandleGrpo {
         let value = f64::from(loss.to_scalar::<f32>()?);
         let n_tok = layout.n_tokens().max(1) as f64;
         let maskf = mask.to_dtype(DType::F32)?;
-        let kl = (mask.where_cond(&k3, &zeros)?.sum_all()?.to_scalar::<f32>()? as f64) / n_tok;
+        let kl = (mask
+            .where_cond(&k3, &zeros)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64)
+            / n_tok;
         let clipped = (ratio - 1.0)?.abs()?.gt(self.eps)?.to_dtype(DType::F32)?;
         let clip = ((clipped * maskf)?.sum_all()?.to_scalar::<f32>()? as f64) / n_tok;
         Ok(LossOutput {

@@ -105,6 +105,9 @@ struct Args {
     /// A TrueType font for the plot's text (default: a system font if one is found).
     #[arg(long)]
     font: Option<PathBuf>,
+    /// Where the policy runs: `cpu`, or `cuda` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// CPU threads for candle (sets RAYON_NUM_THREADS unless it is set): the model is tiny, so
     /// more threads mostly add synchronisation, worse still on a shared machine.
     #[arg(long, default_value_t = 1)]
@@ -219,7 +222,12 @@ fn run(args: Args) -> Result<()> {
         dir: args.out.clone(),
     };
     std::fs::create_dir_all(&out.dir)?;
-    let mut tr = Trainer::new(cfg.clone(), args.resume.as_deref(), Device::Cpu)?;
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => return Err(format!("unknown device `{other}` (cpu, cuda)").into()),
+    };
+    let mut tr = Trainer::new(cfg.clone(), args.resume.as_deref(), device)?;
     eprintln!("loss: {}", loss.describe());
 
     if args.resume.is_none() && cfg.sft_steps > 0 {

@@ -214,21 +214,42 @@ impl Model {
     }
 
     /// A model over fixed tensors (detached or deep-copied weights: no gradient tracking).
-    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, dev: &Device) -> Result<Model> {
+    pub fn from_tensors(
+        cfg: &Config,
+        tensors: HashMap<String, Tensor>,
+        dev: &Device,
+    ) -> Result<Model> {
         Model::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, dev))
     }
 
     /// Logits `[B, T, V]` of `ids [B, T]` at positions `offset..offset+T`. With a cache, keys and
     /// values of earlier calls are reused and this call's are appended. Causal attention: padding
     /// must come after the valid tokens of a row.
-    pub fn forward(&self, ids: &Tensor, offset: usize, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut Cache>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
         let total = offset + t;
         let mask = if t > 1 {
             let m: Vec<f32> = (0..t)
-                .flat_map(|i| (0..total).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        if j > i + offset {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
                 .collect();
             Some(Tensor::from_vec(m, (t, total), ids.device())?)
         } else {
@@ -240,9 +261,21 @@ impl Model {
         let mut x = self.embed.forward(ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.ln1.forward(&x)?;
-            let q = layer.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = layer.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = layer.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q = layer
+                .q
+                .forward(&h)?
+                .reshape((b, t, nh, hd))?
+                .transpose(1, 2)?;
+            let k = layer
+                .k
+                .forward(&h)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?;
+            let v = layer
+                .v
+                .forward(&h)?
+                .reshape((b, t, nkv, hd))?
+                .transpose(1, 2)?;
             let q = self.rotary.apply(&q.contiguous()?, offset)?;
             let mut k = self.rotary.apply(&k.contiguous()?, offset)?;
             let mut v = v.contiguous()?;
@@ -298,9 +331,15 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 5, 3, 7, 2], [4, 4, 9, 0, 1]], &dev).unwrap();
         let full = m.forward(&ids, 0, None).unwrap();
         let mut cache = Cache::default();
-        let a = m.forward(&ids.narrow(1, 0, 3).unwrap(), 0, Some(&mut cache)).unwrap();
-        let b = m.forward(&ids.narrow(1, 3, 1).unwrap(), 3, Some(&mut cache)).unwrap();
-        let c = m.forward(&ids.narrow(1, 4, 1).unwrap(), 4, Some(&mut cache)).unwrap();
+        let a = m
+            .forward(&ids.narrow(1, 0, 3).unwrap(), 0, Some(&mut cache))
+            .unwrap();
+        let b = m
+            .forward(&ids.narrow(1, 3, 1).unwrap(), 3, Some(&mut cache))
+            .unwrap();
+        let c = m
+            .forward(&ids.narrow(1, 4, 1).unwrap(), 4, Some(&mut cache))
+            .unwrap();
         let inc = Tensor::cat(&[&a, &b, &c], 1).unwrap();
         let diff = (full - inc).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);

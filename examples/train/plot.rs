@@ -88,8 +88,18 @@ pub fn plot_reward_kl(
         &[(reward, RGBColor(150, 170, 230)), (&ma, BLUE)],
         reward.iter().copied().fold(1.0, f64::max) * 1.05,
     )?;
-    let kl_max = kl.iter().copied().filter(|v| v.is_finite()).fold(1e-6, f64::max) * 1.1;
-    panel(&bottom, "KL(policy || reference), k3 per token", &[(kl, RED)], kl_max)?;
+    let kl_max = kl
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(1e-6, f64::max)
+        * 1.1;
+    panel(
+        &bottom,
+        "KL(policy || reference), k3 per token",
+        &[(kl, RED)],
+        kl_max,
+    )?;
     root.present()?;
     Ok(())
 }

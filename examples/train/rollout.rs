@@ -78,8 +78,8 @@ pub fn from_answers(
 
 fn assemble(prompts: &[Vec<u32>], completions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let rows = prompts.len();
-    let width = prompts.first().map(Vec::len).unwrap_or(0)
-        + completions.first().map(Vec::len).unwrap_or(0);
+    let width =
+        prompts.first().map(Vec::len).unwrap_or(0) + completions.first().map(Vec::len).unwrap_or(0);
     let mut flat = Vec::with_capacity(rows * width);
     for (p, c) in prompts.iter().zip(completions) {
         if p.len() + c.len() != width {
@@ -117,10 +117,7 @@ pub fn generate(
     let mut completions = vec![Vec::with_capacity(max_new); b];
     let mut done = vec![false; b];
     for step in 0..max_new {
-        let rows_logits: Vec<Vec<f32>> = logits
-            .squeeze(1)?
-            .to_dtype(DType::F32)?
-            .to_vec2()?;
+        let rows_logits: Vec<Vec<f32>> = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
         let mut next = Vec::with_capacity(b);
         for (i, l) in rows_logits.iter().enumerate() {
             let tok = if done[i] {

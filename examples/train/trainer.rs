@@ -112,6 +112,13 @@ impl Trainer {
     /// A randomly initialised policy (`seed`), or one whose weights come from `weights`
     /// (a checkpoint of this program).
     pub fn new(cfg: TrainConfig, weights: Option<&Path>, device: Device) -> Result<Trainer> {
+        if cfg.heads == 0 || cfg.hidden % cfg.heads != 0 || (cfg.hidden / cfg.heads) % 2 != 0 {
+            return Err(format!(
+                "hidden size {} must split into {} heads of an even size",
+                cfg.hidden, cfg.heads
+            )
+            .into());
+        }
         let task = Addition::new(cfg.digits);
         let model_cfg = Config::tiny(crate::task::VOCAB, cfg.hidden, cfg.layers, cfg.heads);
         let mut varmap = VarMap::new();
@@ -146,12 +153,8 @@ impl Trainer {
             .collect();
         let prompts: Vec<_> = problems.iter().map(|p| self.task.prompt(p)).collect();
         let answers: Vec<_> = problems.iter().map(|p| self.task.answer(p)).collect();
-        let r = rollout::from_answers(
-            &prompts,
-            &answers,
-            self.task.max_answer_len(),
-            &self.device,
-        )?;
+        let r =
+            rollout::from_answers(&prompts, &answers, self.task.max_answer_len(), &self.device)?;
         let tokens = TokenLayout::from_lengths(
             &r.lengths,
             r.completion_len,
@@ -219,7 +222,10 @@ impl Trainer {
             .completions
             .iter()
             .enumerate()
-            .map(|(i, c)| self.task.reward(&problems[i / cfg.group_size], c, cfg.reward))
+            .map(|(i, c)| {
+                self.task
+                    .reward(&problems[i / cfg.group_size], c, cfg.reward)
+            })
             .collect();
         let ids = r.completion_ids()?;
         let old_logp = token_logp(&completion_logits(&sampler, &r)?, &ids, cfg.temperature)?;
@@ -277,8 +283,12 @@ impl Trainer {
         rewards: &[f64],
         loss: &mut dyn PolicyLoss,
     ) -> Result<StepLog> {
-        let tokens =
-            TokenLayout::from_lengths(&r.lengths, r.completion_len, r.groups.clone(), &self.device)?;
+        let tokens = TokenLayout::from_lengths(
+            &r.lengths,
+            r.completion_len,
+            r.groups.clone(),
+            &self.device,
+        )?;
         let logits = completion_logits(&self.policy, r)?;
         let (logp, entropy) =
             token_logp_entropy(&logits, &r.completion_ids()?, self.cfg.temperature)?;
@@ -291,7 +301,8 @@ impl Trainer {
             reward: rewards,
         })?;
         let mut grads = out.loss.backward()?;
-        let grad_norm = clip_grad_norm(&self.varmap.all_vars(), &mut grads, self.cfg.max_grad_norm)?;
+        let grad_norm =
+            clip_grad_norm(&self.varmap.all_vars(), &mut grads, self.cfg.max_grad_norm)?;
         self.opt.step(&grads)?;
 
         let mask = tokens.mask();
