@@ -66,6 +66,8 @@ pub struct FnDecl {
 /// default makes it optional at call sites (`eps = 0.2`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FnParam {
+    /// `///` lines written just before the parameter.
+    pub doc: Vec<String>,
     pub name: Ident,
     pub ty: Option<TypeAnn>,
     pub default: Option<Expr>,
@@ -101,6 +103,8 @@ pub struct ObjectiveDecl {
 /// A run-time scalar parameter of an objective (batch level).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ParamDecl {
+    /// `///` lines written just before the parameter.
+    pub doc: Vec<String>,
     pub name: Ident,
     pub ty: Option<TypeAnn>,
     pub default: Option<Expr>,

@@ -136,7 +136,10 @@ impl Diagnostic {
                 .primary_span()
                 .map(|s| sources.location(s))
                 .unwrap_or_default();
-            out = format!("{:?}[{}]: {} {}\n", self.severity, self.code, self.message, loc);
+            out = format!(
+                "{:?}[{}]: {} {}\n",
+                self.severity, self.code, self.message, loc
+            );
         }
         out
     }
@@ -182,7 +185,10 @@ pub fn render_all(diags: &[Diagnostic], sources: &SourceMap, color: bool) -> Str
             "error: could not compile due to {errors} error{}{}\n",
             if errors == 1 { "" } else { "s" },
             if warnings > 0 {
-                format!("; {warnings} warning{} emitted", if warnings == 1 { "" } else { "s" })
+                format!(
+                    "; {warnings} warning{} emitted",
+                    if warnings == 1 { "" } else { "s" }
+                )
             } else {
                 String::new()
             }

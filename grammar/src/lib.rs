@@ -4,11 +4,17 @@
 //! `fmt::format_file` prints an AST back in canonical layout, comments preserved.
 
 pub mod ast;
+pub mod cmp;
 pub mod diagnostic;
+mod dump;
 pub mod fmt;
 mod parse;
+mod perror;
+mod scan;
 pub mod span;
 
 pub use diagnostic::{Diagnostic, Label, Severity};
-pub use parse::{parse, MAX_NESTING};
+pub use dump::{ast_dump, expr_dump};
+pub use parse::parse;
+pub use scan::MAX_NESTING;
 pub use span::{FileId, SourceFile, SourceMap, Span};
