@@ -77,7 +77,10 @@ impl Layout {
             return Err("seq_offsets must start at 0".into());
         }
         if self.turn_offsets.len() != b + 1 || self.turn_offsets.first() != Some(&0) {
-            return Err(format!("turn_offsets must have {} entries starting at 0", b + 1));
+            return Err(format!(
+                "turn_offsets must have {} entries starting at 0",
+                b + 1
+            ));
         }
         if self.seq_offsets.windows(2).any(|w| w[0] > w[1]) {
             return Err("seq_offsets must be non-decreasing".into());

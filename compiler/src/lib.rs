@@ -31,6 +31,9 @@ pub use types::{DType, Level, Ty};
 pub struct Options {
     /// Which objective of the file to compile (needed when the file has several).
     pub objective: Option<String>,
+    /// Extra modules `(name, source)` importable as `std::<name>`, searched before the embedded
+    /// stdlib (tests inject modules with it; tools can add a search path).
+    pub extra_modules: Vec<(String, String)>,
 }
 
 /// A compiled objective: the IR with its gradients, its schedule, and the sources it came from.
@@ -74,10 +77,14 @@ pub fn compile(name: &str, text: &str, opts: &Options) -> Result<Compiled, Box<F
     let front::Checked { module, warnings } =
         front::analyze(&ast, &mut sources, opts).map_err(|d| fail(&sources, d))?;
     let forward = run_pass("lower", module, &sources).map_err(|d| fail(&sources, d))?;
-    let module = run_pass("autodiff", autodiff::differentiate(forward.clone()), &sources)
-        .map_err(|d| fail(&sources, d))?;
-    let module = run_pass("simplify", passes::simplify(module), &sources)
-        .map_err(|d| fail(&sources, d))?;
+    let module = run_pass(
+        "autodiff",
+        autodiff::differentiate(forward.clone()),
+        &sources,
+    )
+    .map_err(|d| fail(&sources, d))?;
+    let module =
+        run_pass("simplify", passes::simplify(module), &sources).map_err(|d| fail(&sources, d))?;
     let schedule = schedule::schedule(&module);
     if std::env::var("RLO_DEBUG").is_ok_and(|v| v.split(',').any(|s| s == "schedule")) {
         eprintln!("== schedule\n{schedule:#?}");

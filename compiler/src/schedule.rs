@@ -16,6 +16,26 @@
 //! stage is *materialized* (stored per element by the pass that computes it); backends find these
 //! with [`Schedule::materialized`].
 
+//! # What the scheduler produces (the algorithm in `schedule/algo.rs`)
+//! Stages alternate `Small, TokenPass, Small, TokenPass, …, Small` (empty small stages are
+//! dropped). Precisely:
+//! - A token pass holds `tok`-level nodes (leaves, elementwise, `Select`, `Broadcast` to `tok`,
+//!   `Scan` over tokens, `Detach`) and the `Reduce`s whose argument is `tok` (accumulated by the
+//!   pass; their result is readable only from the next stage on).
+//! - Everything else is in small stages: `turn` values and turn scans too (O(turns) work, read
+//!   by passes like any materialized value), `Rank`, `Quantile`, `PosReduce` (whose results may be
+//!   at `tok`: they are materialized for the passes that read them).
+//! - **Structural nodes** (those that read no `tok`-level input: counts like `seq_len`,
+//!   `num_tokens`, `batch_max(seq_len)`, sums of constants or of `pos`, values from `turn`/`seq`/
+//!   `group` inputs) never force a pass. A structural `Reduce` of a `tok` argument, and the
+//!   structural `tok` nodes it reads, sit in the first small stage (the *prologue*); backends
+//!   compute them by looping over the layout, reading no input data. Other structural `tok`
+//!   nodes are computed inside the passes that use them.
+//! - Pass depth: a `tok` node that needs a reduction (or rank, quantile, per-position reduction)
+//!   of non-structural `tok` values computed in pass `p` runs in pass `p + 1`. Small-stage nodes
+//!   are placed as early as possible, token-pass nodes as late as possible (fewest materialized
+//!   values). The result is deterministic (a function of the arena only).
+//!
 use crate::arena::Handle;
 use crate::ir::{Expr, Module};
 use serde::Serialize;
@@ -68,8 +88,12 @@ impl Schedule {
         let mut need = vec![false; m.exprs.len()];
         for (i, s) in self.stages.iter().enumerate() {
             for &h in &s.nodes {
-                for op in m.exprs[h].operands() {
-                    let later = stage.get(op.index()).copied().flatten().is_some_and(|j| j < i);
+                for op in m.exprs.get(h).map(Expr::operands).unwrap_or_default() {
+                    let later = stage
+                        .get(op.index())
+                        .copied()
+                        .flatten()
+                        .is_some_and(|j| j < i);
                     if later && fine(op) {
                         if let Some(x) = need.get_mut(op.index()) {
                             *x = true;
@@ -78,19 +102,53 @@ impl Schedule {
                 }
             }
         }
-        for h in m.grads.iter().map(|g| g.value).chain(m.outputs.iter().map(|o| o.value)) {
+        for h in m
+            .grads
+            .iter()
+            .map(|g| g.value)
+            .chain(m.outputs.iter().map(|o| o.value))
+        {
             if fine(h) {
                 if let Some(x) = need.get_mut(h.index()) {
                     *x = true;
                 }
             }
         }
-        m.exprs.handles().filter(|h| need[h.index()]).collect()
+        m.exprs
+            .handles()
+            .filter(|h| need.get(h.index()).copied().unwrap_or(false))
+            .collect()
     }
 }
 
-/// Partitions the needed nodes of `m` into stages. (Stub until the scheduler lands.)
-pub fn schedule(m: &Module) -> Schedule {
-    let _ = m;
-    Schedule { stages: Vec::new() }
+mod algo;
+pub use algo::{needed, schedule, structural};
+
+/// Stable text of a schedule (`rloc emit schedule`, snapshots): one line per stage, then the
+/// materialized values.
+pub fn display_schedule(m: &Module, s: &Schedule) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "schedule {}: {} token pass(es), {} stage(s)",
+        m.name,
+        s.token_passes(),
+        s.stages.len()
+    );
+    let mut pass = 0;
+    for st in &s.stages {
+        let label = match st.kind {
+            StageKind::TokenPass => {
+                pass += 1;
+                format!("pass {}", pass - 1)
+            }
+            StageKind::Small => "small".to_string(),
+        };
+        let nodes: Vec<String> = st.nodes.iter().map(|h| h.to_string()).collect();
+        let _ = writeln!(out, "  {label:<7} [{}] {}", st.nodes.len(), nodes.join(" "));
+    }
+    let mat: Vec<String> = s.materialized(m).iter().map(|h| h.to_string()).collect();
+    let _ = writeln!(out, "  materialized: {}", mat.join(" "));
+    out
 }

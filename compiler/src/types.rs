@@ -20,7 +20,13 @@ pub enum Level {
 }
 
 impl Level {
-    pub const ALL: [Level; 5] = [Level::Tok, Level::Turn, Level::Seq, Level::Group, Level::Batch];
+    pub const ALL: [Level; 5] = [
+        Level::Tok,
+        Level::Turn,
+        Level::Seq,
+        Level::Group,
+        Level::Batch,
+    ];
 
     /// The keyword used in source (`tok`, `turn`, `seq`, `group`, `batch`).
     pub fn keyword(self) -> &'static str {

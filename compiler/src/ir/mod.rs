@@ -158,8 +158,8 @@ pub enum Expr {
         filter: Option<Handle<Expr>>,
     },
     /// A scan along each sequence, over its tokens (`arg` at `tok`) or over its turns (`arg` at
-    /// `turn`). Typing: result at `level(arg)`, f32; `discount` (only for `DiscountedRevCumSum`)
-    /// at the level of `arg`.
+    /// `turn`). Typing: result at `level(arg)`, f32; `discount` (present exactly for
+    /// `DiscountedRevCumSum` and `DiscountedCumSum`) f32 at the level of `arg`.
     Scan {
         op: ScanOp,
         arg: Handle<Expr>,
@@ -168,7 +168,9 @@ pub enum Expr {
     /// 0-based ascending rank of each element of `arg` among the elements of the same `within`
     /// unit: the number of strictly smaller elements plus the number of equal elements with a
     /// smaller packed index (ties broken by position, deterministically). Typing: `level(arg) <
-    /// within`; result at `level(arg)`, f32. Piecewise constant: gradient 0.
+    /// within`; result at `level(arg)`, f32. Piecewise constant: gradient 0. Order: IEEE with
+    /// `-0 == +0` and NaN after every number (NaNs equal to each other); the same order sorts
+    /// `Quantile`.
     Rank { arg: Handle<Expr>, within: Level },
     /// The `q`-quantile of the elements of `arg` inside each element of level `to` (filtered like
     /// `Reduce`), linear interpolation between order statistics (numpy/torch default):
@@ -264,6 +266,10 @@ pub enum ScanOp {
     RevCumSum,
     /// `out[t] = x[t] + d[t]·out[t+1]`, `out[last] = x[last]` (discounted returns, GAE).
     DiscountedRevCumSum,
+    /// `out[0] = x[0]`, `out[t] = x[t] + d[t−1]·out[t−1]`: the transpose of
+    /// `DiscountedRevCumSum` with the same discount array (produced by autodiff; also takes a
+    /// `discount` operand at the level of `arg`). Added by the IR work (additive).
+    DiscountedCumSum,
 }
 
 impl Expr {

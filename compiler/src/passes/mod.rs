@@ -1,7 +1,6 @@
-//! IR → IR passes: constant folding, CSE, DCE, exact algebraic identities. (Owned by the IR work.)
+//! IR → IR passes: constant folding, CSE, DCE, exact algebraic identities.
 
-use crate::ir::Module;
+pub mod builder;
+mod simplify;
 
-pub fn simplify(m: Module) -> Module {
-    m
-}
+pub use simplify::simplify;
