@@ -9,6 +9,9 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod microbatch;
+pub mod split_plan;
+pub mod tensor;
+pub mod write;
 
 #[cfg(feature = "candle")]
 pub mod candle;
@@ -71,7 +74,59 @@ impl Objective {
         params: &[f64],
         backend: Backend,
     ) -> Result<Evaluation, RuntimeError> {
-        let _ = (batch, params, backend);
-        Err(RuntimeError::Unsupported("evaluation not wired yet".into()))
+        if params.len() != self.compiled.module.params.len() {
+            return Err(RuntimeError::Unsupported(format!(
+                "objective `{}` takes {} parameters, got {}",
+                self.compiled.module.name,
+                self.compiled.module.params.len(),
+                params.len()
+            )));
+        }
+        match backend {
+            Backend::Interp => interp_evaluate(&self.compiled, batch, params),
+            Backend::Cpu => Err(RuntimeError::Unsupported(
+                "backend `cpu` (Cranelift) is not built into this rloc yet; use --backend interp"
+                    .into(),
+            )),
+            Backend::Cuda => Err(RuntimeError::Unsupported(
+                "backend `cuda` (NVRTC) is not built into this rloc yet; use --backend interp"
+                    .into(),
+            )),
+        }
     }
+
+    /// Binds a batch (named tensors) to this objective's inputs; see [`bind`].
+    pub fn bind(
+        &self,
+        tensors: &tensor::Tensors,
+        opts: &bind::BindOptions,
+    ) -> Result<bind::Bound, RuntimeError> {
+        bind::bind(tensors, &self.compiled.module, opts)
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "interp" => Ok(Backend::Interp),
+            "cpu" => Ok(Backend::Cpu),
+            "cuda" => Ok(Backend::Cuda),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected interp, cpu or cuda)"
+            )),
+        }
+    }
+}
+
+/// The reference interpreter on a compiled objective.
+fn interp_evaluate(
+    c: &Compiled,
+    batch: &Batch,
+    params: &[f64],
+) -> Result<Evaluation, RuntimeError> {
+    let _ = (c, batch, params);
+    Err(RuntimeError::Unsupported(
+        "backend `interp`: the interpreter has not landed on this branch yet".into(),
+    ))
 }

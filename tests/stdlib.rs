@@ -1,0 +1,257 @@
+//! The stdlib against independent references: every objective of `stdlib/` is compiled, run by the
+//! reference interpreter on seeded random batches, and its loss, every gradient element, every
+//! metric and every output compared with a plain-loop f64 implementation of the catalog formula
+//! (`stdlib_ref/`), relative agreement 1e-10. Also: every stdlib file parses and checks.
+
+mod stdlib_ref;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rlo_compiler::{back::interp, compile, Batch, Compiled, Options};
+use stdlib_ref::batch::{generate, Ctx, Pad};
+use stdlib_ref::Ref;
+
+const TOL: f64 = 1e-10;
+const SEEDS: [u64; 3] = [1, 2, 3];
+
+fn stdlib_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
+}
+
+fn source(name: &str) -> String {
+    let p = stdlib_dir().join(format!("{name}.rlo"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn compile_objective(name: &str) -> Compiled {
+    let text = source(name);
+    compile(&format!("stdlib/{name}.rlo"), &text, &Options::default())
+        .unwrap_or_else(|f| panic!("stdlib/{name}.rlo does not compile:\n{}", f.render(false)))
+}
+
+/// `|a − b| ≤ TOL·max(1, |a|, |b|)`; equal infinities agree; NaN never does.
+fn close(a: f64, b: f64) -> bool {
+    if a == b {
+        return true;
+    }
+    (a - b).abs() <= TOL * 1f64.max(a.abs()).max(b.abs())
+}
+
+/// Largest scaled difference seen, for the report.
+fn scaled(a: f64, b: f64) -> f64 {
+    if a == b {
+        0.0
+    } else {
+        (a - b).abs() / 1f64.max(a.abs()).max(b.abs())
+    }
+}
+
+struct Check {
+    errors: Vec<String>,
+    worst: f64,
+    compared: usize,
+}
+
+impl Check {
+    fn cmp(&mut self, what: &str, got: f64, want: f64) {
+        self.compared += 1;
+        let s = scaled(got, want);
+        if s.is_nan() || !close(got, want) {
+            self.errors.push(format!("{what}: interpreter {got:e}, reference {want:e}"));
+        } else {
+            self.worst = self.worst.max(s);
+        }
+    }
+}
+
+fn find(name: &str) -> Ref {
+    stdlib_ref::all()
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no reference for {name}"))
+}
+
+/// The batch restricted to the inputs the module declares.
+fn bind(pad: &Pad, c: &Compiled) -> Batch {
+    let mut batch = pad.to_batch();
+    let names: Vec<&str> = c.module.inputs.iter().map(|i| i.name.as_str()).collect();
+    batch.values.retain(|k, _| names.contains(&k.as_str()));
+    for n in names {
+        assert!(batch.values.contains_key(n), "the generator has no input {n}");
+    }
+    batch
+}
+
+fn check_objective(name: &str) {
+    let r = find(name);
+    let c = compile_objective(name);
+    let m = &c.module;
+
+    // Parameters: same names, and the .rlo defaults are the frameworks' (the reference's).
+    let mut errors = Vec::new();
+    let declared: BTreeMap<&str, f64> = m.params.iter().map(|p| (p.name.as_str(), p.default)).collect();
+    let expected: BTreeMap<&str, f64> = r.params.iter().copied().collect();
+    if declared.keys().collect::<Vec<_>>() != expected.keys().collect::<Vec<_>>() {
+        errors.push(format!("parameters: .rlo {:?}, reference {:?}", declared.keys(), expected.keys()));
+    }
+    for (k, v) in &expected {
+        if let Some(d) = declared.get(k) {
+            if d != v {
+                errors.push(format!("default of {k}: .rlo {d}, reference {v}"));
+            }
+        }
+    }
+    let diff_inputs: Vec<String> = m.grads.iter().map(|g| m.inputs[g.input as usize].name.clone()).collect();
+    let mut want_diff: Vec<String> = r.diff.iter().map(|s| s.to_string()).collect();
+    want_diff.sort();
+    let mut got_diff = diff_inputs.clone();
+    got_diff.sort();
+    if got_diff != want_diff {
+        errors.push(format!("diff inputs: .rlo {got_diff:?}, reference {want_diff:?}"));
+    }
+    assert!(errors.is_empty(), "{name}:\n{}", errors.join("\n"));
+
+    let mut chk = Check { errors: Vec::new(), worst: 0.0, compared: 0 };
+    let cases: Vec<&[(&str, f64)]> = std::iter::once(&[][..]).chain(r.cases.iter().copied()).collect();
+    for seed in SEEDS {
+        let pad = generate(seed, r.shape);
+        let batch = bind(&pad, &c);
+        for (ci, case) in cases.iter().enumerate() {
+            let mut params: BTreeMap<String, f64> = r.params.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+            for &(k, v) in case.iter() {
+                assert!(params.insert(k.to_string(), v).is_some(), "{name}: case sets unknown {k}");
+            }
+            let pvec: Vec<f64> = m.params.iter().map(|p| params[&p.name]).collect();
+            let at = format!("{name} seed {seed} case {ci} {case:?}");
+            let ev = match interp::evaluate(m, &c.schedule, &batch, &pvec) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    chk.errors.push(format!("{at}: interpreter error {e:?}"));
+                    continue;
+                }
+            };
+            let ctx = |seed_at| Ctx { b: &pad, params: &params, seed: seed_at };
+            let out = (r.f)(&ctx(None));
+            chk.cmp(&format!("{at}: loss"), ev.loss, out.loss.v);
+            for (gi, g) in m.grads.iter().enumerate() {
+                let input = m.inputs[g.input as usize].name.as_str();
+                let mut k = 0;
+                for i in 0..pad.b() {
+                    for t in 0..pad.len[i] {
+                        let d = (r.f)(&ctx(Some((input, i, t)))).loss.d;
+                        chk.cmp(&format!("{at}: d loss/d {input}[{i}][{t}]"), ev.grads[gi][k], d);
+                        k += 1;
+                    }
+                }
+                if ev.grads[gi].len() != k {
+                    chk.errors.push(format!("{at}: gradient of {input} has {} values, {k} tokens", ev.grads[gi].len()));
+                }
+            }
+            let ref_metrics: BTreeMap<&str, f64> = out.metrics.iter().copied().collect();
+            let mod_metrics: Vec<&str> = m.metrics.iter().map(|x| x.name.as_str()).collect();
+            let mut a = mod_metrics.clone();
+            a.sort();
+            if a != ref_metrics.keys().copied().collect::<Vec<_>>() {
+                chk.errors.push(format!("{at}: metrics .rlo {a:?}, reference {:?}", ref_metrics.keys()));
+            }
+            for (mi, mname) in mod_metrics.iter().enumerate() {
+                if let Some(&want) = ref_metrics.get(mname) {
+                    chk.cmp(&format!("{at}: metric {mname}"), ev.metrics[mi], want);
+                }
+            }
+            for (oname, want) in &out.outputs {
+                match m.outputs.iter().position(|o| o.name == *oname) {
+                    Some(oi) if ev.outputs[oi].len() == want.len() => {
+                        for (k, (&g, &w)) in ev.outputs[oi].iter().zip(want).enumerate() {
+                            chk.cmp(&format!("{at}: output {oname}[{k}]"), g, w);
+                        }
+                    }
+                    Some(oi) => chk.errors.push(format!(
+                        "{at}: output {oname} has {} values, reference {}",
+                        ev.outputs[oi].len(),
+                        want.len()
+                    )),
+                    None => chk.errors.push(format!("{at}: no output {oname}")),
+                }
+            }
+        }
+    }
+    eprintln!("{name}: {} values compared, worst scaled difference {:.2e}", chk.compared, chk.worst);
+    let shown: Vec<&String> = chk.errors.iter().take(25).collect();
+    assert!(
+        chk.errors.is_empty(),
+        "{name}: {} of {} comparisons disagree:\n{}",
+        chk.errors.len(),
+        chk.compared,
+        shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+macro_rules! objective_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            check_objective(stringify!($name));
+        }
+    )*};
+}
+
+objective_tests!(
+    grpo, dapo, gspo, gspo_token, ppo, dr_grpo, bnpo, gmpo, cispo, sapo, gpg, luspo, vespo,
+    grpo_entropy, rloo, reinforce_pp, opo, passk, riskpo, cvar_pg, rs_grpo, clip_cov, kl_cov,
+    dph_rl, igpo, dpo, ipo, simpo, kto, orpo, f_dpo,
+);
+
+/// Every `.rlo` of stdlib/: objectives compile (parse, check, lower, differentiate, schedule);
+/// library modules parse. Every objective has a reference.
+#[test]
+fn every_stdlib_file_checks() {
+    let mut errors = Vec::new();
+    let mut objectives = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(stdlib_dir()).expect("stdlib/ exists").flatten().collect();
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("rlo") {
+            continue;
+        }
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let text = std::fs::read_to_string(&p).expect("readable");
+        let mut sources = rlo_grammar::SourceMap::new();
+        let file = sources.add(&format!("stdlib/{stem}.rlo"), &text);
+        match rlo_grammar::parse(&text, file) {
+            Err(d) => errors.push(rlo_grammar::diagnostic::render_all(&d, &sources, false)),
+            Ok(ast) => {
+                let is_objective = ast.items.iter().any(|i| matches!(i, rlo_grammar::ast::Item::Objective(_)));
+                if is_objective {
+                    objectives.push(stem.clone());
+                    if let Err(f) = compile(&format!("stdlib/{stem}.rlo"), &text, &Options::default()) {
+                        errors.push(f.render(false));
+                    }
+                }
+            }
+        }
+    }
+    let refs: Vec<&str> = stdlib_ref::all().iter().map(|r| r.name).collect();
+    for o in &objectives {
+        if !refs.contains(&o.as_str()) {
+            errors.push(format!("objective {o} has no reference in tests/stdlib_ref"));
+        }
+    }
+    assert!(objectives.len() >= 31, "only {} objectives found", objectives.len());
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// The objective files stay short: at most 25 lines of code each (comments and blank lines aside).
+#[test]
+fn objectives_are_short() {
+    for r in stdlib_ref::all() {
+        let code = source(r.name)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+            .count();
+        assert!(code <= 25, "stdlib/{}.rlo has {code} lines of code", r.name);
+    }
+}
