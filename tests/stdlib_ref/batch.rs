@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rlo_compiler::{Batch, Layout};
 
-use super::dual::{c, D};
+use super::dual::D;
 
 /// A tiny deterministic generator (splitmix64), so batches do not depend on any crate's RNG.
 pub struct Rng(u64);
@@ -105,7 +105,9 @@ impl Pad {
             values.insert(name.to_string(), packed);
         }
         for (name, v) in &self.turn {
-            let packed = (0..b).flat_map(|i| v[i][..self.n_turns[i]].to_vec()).collect();
+            let packed = (0..b)
+                .flat_map(|i| v[i][..self.n_turns[i]].to_vec())
+                .collect();
             values.insert(name.to_string(), packed);
         }
         for (name, v) in &self.seq {
@@ -144,7 +146,11 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let t_max = len.iter().copied().max().unwrap_or(0);
     let pad_tok = |rng: &mut Rng, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<Vec<f64>> {
         (0..b)
-            .map(|i| (0..t_max).map(|t| if t < len[i] { f(rng) } else { f64::NAN }).collect())
+            .map(|i| {
+                (0..t_max)
+                    .map(|t| if t < len[i] { f(rng) } else { f64::NAN })
+                    .collect()
+            })
             .collect()
     };
     let logp = pad_tok(&mut rng, &mut |r| -r.range(0.02, 3.0));
@@ -201,19 +207,35 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let mut tok_turn = Vec::new();
     let mut n_turns = Vec::new();
     for &l in &len {
-        let k = if shape == Shape::Turns { rng.int(1, 3).min(l.max(1)) } else { 1 };
+        let k = if shape == Shape::Turns {
+            rng.int(1, 3).min(l.max(1))
+        } else {
+            1
+        };
         // k − 1 distinct cut points in 1..l.
         let mut cuts: Vec<usize> = (1..l).collect();
         shuffle(&mut rng, &mut cuts);
         let mut cuts: Vec<usize> = cuts.into_iter().take(k - 1).collect();
         cuts.sort_unstable();
-        let tt = (0..l).map(|t| cuts.iter().filter(|&&c| c <= t).count()).collect();
+        let tt = (0..l)
+            .map(|t| cuts.iter().filter(|&&c| c <= t).count())
+            .collect();
         tok_turn.push(tt);
         n_turns.push(k);
     }
     let k_max = n_turns.iter().copied().max().unwrap_or(1);
     let turn_reward: Vec<Vec<f64>> = (0..b)
-        .map(|i| (0..k_max).map(|k| if k < n_turns[i] { rng.range(-1.0, 1.0) } else { f64::NAN }).collect())
+        .map(|i| {
+            (0..k_max)
+                .map(|k| {
+                    if k < n_turns[i] {
+                        rng.range(-1.0, 1.0)
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
+        })
         .collect();
 
     let mut tok = BTreeMap::new();
@@ -266,7 +288,10 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub fn p(&self, name: &str) -> f64 {
-        *self.params.get(name).unwrap_or_else(|| panic!("reference has no parameter {name}"))
+        *self
+            .params
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no parameter {name}"))
     }
     pub fn flag(&self, name: &str) -> bool {
         self.p(name) != 0.0
@@ -285,7 +310,9 @@ impl Ctx<'_> {
     /// Token input as plain values.
     pub fn tokv(&self, name: &str) -> Vec<Vec<f64>> {
         let v = &self.b.tok[name];
-        (0..self.b.b()).map(|i| v[i][..self.b.len[i]].to_vec()).collect()
+        (0..self.b.b())
+            .map(|i| v[i][..self.b.len[i]].to_vec())
+            .collect()
     }
     pub fn seq(&self, name: &str) -> Vec<f64> {
         self.b.seq[name].clone()
@@ -295,11 +322,8 @@ impl Ctx<'_> {
     }
     pub fn turn(&self, name: &str) -> Vec<Vec<f64>> {
         let v = &self.b.turn[name];
-        (0..self.b.b()).map(|i| v[i][..self.b.n_turns[i]].to_vec()).collect()
+        (0..self.b.b())
+            .map(|i| v[i][..self.b.n_turns[i]].to_vec())
+            .collect()
     }
-}
-
-/// Lifts plain values to constants.
-pub fn consts(v: &[f64]) -> Vec<D> {
-    v.iter().map(|&x| c(x)).collect()
 }

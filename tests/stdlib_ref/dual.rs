@@ -118,15 +118,6 @@ impl D {
     }
 }
 
-/// `if cond then a else b` (a select: the derivative of the chosen branch only).
-pub fn sel(cond: bool, a: D, b: D) -> D {
-    if cond {
-        a
-    } else {
-        b
-    }
-}
-
 impl Add for D {
     type Output = D;
     fn add(self, o: D) -> D {

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod dual;
+pub mod lib_fns;
 pub mod ops;
 pub mod policy;
 pub mod policy2;
@@ -37,5 +38,6 @@ pub fn all() -> Vec<Ref> {
     let mut v = policy::refs();
     v.extend(policy2::refs());
     v.extend(pref::refs());
+    v.extend(lib_fns::refs());
     v
 }

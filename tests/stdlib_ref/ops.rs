@@ -40,28 +40,18 @@ pub fn maxd(xs: &[D]) -> D {
     extreme(xs, |a, b| a > b)
 }
 
-pub fn mind(xs: &[D]) -> D {
-    extreme(xs, |a, b| a < b)
-}
-
 fn extreme(xs: &[D], better: impl Fn(f64, f64) -> bool) -> D {
     let Some(first) = xs.first() else {
         return c(0.0);
     };
-    let best = xs.iter().fold(first.v, |m, x| if better(x.v, m) { x.v } else { m });
+    let best = xs
+        .iter()
+        .fold(first.v, |m, x| if better(x.v, m) { x.v } else { m });
     let tied: Vec<D> = xs.iter().copied().filter(|x| x.v == best).collect();
     D {
         v: best,
         d: tied.iter().map(|x| x.d).sum::<f64>() / tied.len() as f64,
     }
-}
-
-pub fn logsumexp(xs: &[D]) -> D {
-    if xs.is_empty() {
-        return c(0.0);
-    }
-    let m = c(xs.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.v)));
-    m + sum(&xs.iter().map(|&x| (x - m).exp()).collect::<Vec<_>>()).ln()
 }
 
 /// numpy "linear" quantile; ties in the sort broken by position; empty → 0.
@@ -75,17 +65,6 @@ pub fn quantile(xs: &[D], q: f64) -> D {
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     let frac = pos - pos.floor();
     xs[idx[lo]] + (xs[idx[hi]] - xs[idx[lo]]) * frac
-}
-
-/// 0-based ascending ranks: #strictly smaller + #equal earlier.
-pub fn ranks(xs: &[f64]) -> Vec<f64> {
-    (0..xs.len())
-        .map(|i| {
-            (0..xs.len())
-                .filter(|&j| xs[j] < xs[i] || (xs[j] == xs[i] && j < i))
-                .count() as f64
-        })
-        .collect()
 }
 
 /// Applies `f` to the sequence values of every group; result per group.
@@ -129,16 +108,14 @@ pub fn agg(b: &Pad, x: &Tok, mode: f64) -> D {
 
 /// Token-level values from a per-token closure.
 pub fn map_tok(b: &Pad, f: impl Fn(usize, usize) -> D) -> Tok {
-    (0..b.b()).map(|i| (0..b.len[i]).map(|t| f(i, t)).collect()).collect()
+    (0..b.b())
+        .map(|i| (0..b.len[i]).map(|t| f(i, t)).collect())
+        .collect()
 }
 
 /// Fraction of valid tokens where `f` holds.
 pub fn tok_frac(b: &Pad, f: impl Fn(usize, usize) -> bool) -> f64 {
     token_mean(&map_tok(b, |i, t| c(f64::from(f(i, t))))).v
-}
-
-pub fn values(x: &[D]) -> Vec<f64> {
-    x.iter().map(|d| d.v).collect()
 }
 
 // ---- catalog formulas shared by many objectives ------------------------------------------

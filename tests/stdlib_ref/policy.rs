@@ -11,24 +11,40 @@ const LP: &[&str] = &["logp"];
 
 fn approx_kl(x: &Ctx, lp: &Tok) -> f64 {
     let old = x.tokv("old_logp");
-    token_mean(&map_tok(x.b, |i, t| (old[i][t] - lp[i][t]).clamp(-20.0, 20.0))).v
+    token_mean(&map_tok(x.b, |i, t| {
+        (old[i][t] - lp[i][t]).clamp(-20.0, 20.0)
+    }))
+    .v
 }
 
 fn grpo(x: &Ctx) -> Out {
     let b = x.b;
     let (lp, old, rf) = (x.tok("logp"), x.tokv("old_logp"), x.tokv("ref_logp"));
-    let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), x.flag("unbiased"), x.flag("scale_adv"));
+    let adv = grpo_adv(
+        b,
+        &x.seq("reward"),
+        x.p("std_eps"),
+        x.flag("unbiased"),
+        x.flag("scale_adv"),
+    );
     let (el, eh, cc) = (x.p("eps"), x.p("eps_high"), x.p("clip_ratio_c"));
     let rho = map_tok(b, |i, t| ratio(lp[i][t], old[i][t], x.p("lr_clamp")));
     let kl = map_tok(b, |i, t| k3(lp[i][t], rf[i][t], x.flag("k3_clamp")));
-    let per = map_tok(b, |i, t| dual_clip(rho[i][t], adv[i], el, eh, cc) + x.p("beta") * kl[i][t]);
+    let per = map_tok(b, |i, t| {
+        dual_clip(rho[i][t], adv[i], el, eh, cc) + x.p("beta") * kl[i][t]
+    });
     Out {
         loss: agg(b, &per, x.p("loss_agg_mode")),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh)),
+            ),
             (
                 "clip_frac_lower",
-                tok_frac(b, |i, t| adv[i] < 0.0 && ppo_clip(rho[i][t], adv[i], el, eh).v > -adv[i] * cc),
+                tok_frac(b, |i, t| {
+                    adv[i] < 0.0 && ppo_clip(rho[i][t], adv[i], el, eh).v > -adv[i] * cc
+                }),
             ),
             ("approx_kl", approx_kl(x, &lp)),
             ("kl", token_mean(&kl).v),
@@ -42,7 +58,11 @@ fn grpo(x: &Ctx) -> Out {
 fn dapo(x: &Ctx) -> Out {
     let b = x.b;
     let (lp, old) = (x.tok("logp"), x.tokv("old_logp"));
-    let (lmax, buf, pen) = (x.p("max_resp_len"), x.p("overlong_buffer"), x.p("overlong_penalty"));
+    let (lmax, buf, pen) = (
+        x.p("max_resp_len"),
+        x.p("overlong_buffer"),
+        x.p("overlong_penalty"),
+    );
     let r: Vec<f64> = (0..b.b())
         .map(|i| {
             let exceed = b.len[i] as f64 - (lmax - buf);
@@ -64,7 +84,10 @@ fn dapo(x: &Ctx) -> Out {
     Out {
         loss: mean(&kept),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh)),
+            ),
             ("approx_kl", approx_kl(x, &lp)),
             ("ratio_mean", token_mean(&rho).v),
             ("kept_groups", kept_groups),
@@ -88,21 +111,34 @@ fn gspo(x: &Ctx) -> Out {
     let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
     let (el, eh) = (x.p("eps_low"), x.p("eps_high"));
     let s: Vec<D> = (0..b.b())
-        .map(|i| seq_mean(&(0..b.len[i]).map(|t| lp[i][t] - old[i][t]).collect::<Vec<_>>()).exp())
+        .map(|i| {
+            seq_mean(
+                &(0..b.len[i])
+                    .map(|t| lp[i][t] - old[i][t])
+                    .collect::<Vec<_>>(),
+            )
+            .exp()
+        })
         .collect();
     let nonempty: Vec<usize> = (0..b.b()).filter(|&i| b.len[i] > 0).collect();
     let per: Vec<D> = nonempty
         .iter()
         .map(|&i| {
-            let kl: Vec<D> = (0..b.len[i]).map(|t| k3(lp[i][t], rf[i][t], x.flag("k3_clamp"))).collect();
+            let kl: Vec<D> = (0..b.len[i])
+                .map(|t| k3(lp[i][t], rf[i][t], x.flag("k3_clamp")))
+                .collect();
             ppo_clip(s[i], adv[i], el, eh) + x.p("beta") * seq_mean(&kl)
         })
         .collect();
-    let frac = |f: &dyn Fn(usize) -> f64| mean(&nonempty.iter().map(|&i| c(f(i))).collect::<Vec<_>>()).v;
+    let frac =
+        |f: &dyn Fn(usize) -> f64| mean(&nonempty.iter().map(|&i| c(f(i))).collect::<Vec<_>>()).v;
     Out {
         loss: mean(&per),
         metrics: vec![
-            ("clip_frac", frac(&|i| f64::from(clipped(s[i].v, adv[i], el, eh)))),
+            (
+                "clip_frac",
+                frac(&|i| f64::from(clipped(s[i].v, adv[i], el, eh))),
+            ),
             ("approx_kl", approx_kl(x, &lp)),
             ("seq_ratio_mean", frac(&|i| s[i].v)),
         ],
@@ -115,14 +151,21 @@ fn gspo_token(x: &Ctx) -> Out {
     let (lp, old, a) = (x.tok("logp"), x.tokv("old_logp"), x.tokv("adv"));
     let (el, eh) = (x.p("eps_low"), x.p("eps_high"));
     let s = map_tok(b, |i, t| {
-        let m = seq_mean(&(0..b.len[i]).map(|u| lp[i][u] - old[i][u]).collect::<Vec<_>>());
+        let m = seq_mean(
+            &(0..b.len[i])
+                .map(|u| lp[i][u] - old[i][u])
+                .collect::<Vec<_>>(),
+        );
         (lp[i][t] - lp[i][t].sg() + m.sg()).min(c(x.p("cap"))).exp()
     });
     let per = map_tok(b, |i, t| ppo_clip(s[i][t], a[i][t], el, eh));
     Out {
         loss: agg(b, &per, 2.0),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(s[i][t].v, a[i][t], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(s[i][t].v, a[i][t], el, eh)),
+            ),
             ("approx_kl", approx_kl(x, &lp)),
             ("seq_ratio_mean", token_mean(&s).v),
         ],
@@ -150,14 +193,20 @@ fn ppo(x: &Ctx) -> Out {
     }
     let fl: Vec<D> = a.iter().flatten().map(|&z| c(z)).collect();
     let (m, var) = (mean(&fl).v, var(&fl, true).v);
-    let adv: Vec<Vec<f64>> = a.iter().map(|ai| ai.iter().map(|z| (z - m) / (var + 1e-8).sqrt()).collect()).collect();
+    let adv: Vec<Vec<f64>> = a
+        .iter()
+        .map(|ai| ai.iter().map(|z| (z - m) / (var + 1e-8).sqrt()).collect())
+        .collect();
     let (el, eh, cc) = (x.p("eps_low"), x.p("eps_high"), x.p("clip_ratio_c"));
     let rho = map_tok(b, |i, t| ratio(lp[i][t], old[i][t], x.p("lr_clamp")));
     let per = map_tok(b, |i, t| dual_clip(rho[i][t], adv[i][t], el, eh, cc));
     Out {
         loss: agg(b, &per, x.p("loss_agg_mode")),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i][t], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i][t], el, eh)),
+            ),
             (
                 "clip_frac_lower",
                 tok_frac(b, |i, t| {
@@ -177,13 +226,22 @@ fn dr_grpo(x: &Ctx) -> Out {
     let adv = grpo_adv(b, &x.seq("reward"), 0.0, true, false);
     let (el, eh, cc) = (x.p("eps_low"), x.p("eps_high"), x.p("clip_ratio_c"));
     let rho = map_tok(b, |i, t| ratio(lp[i][t], old[i][t], x.p("lr_clamp")));
-    let total = sum(&flat(&map_tok(b, |i, t| dual_clip(rho[i][t], adv[i], el, eh, cc))));
+    let total = sum(&flat(&map_tok(b, |i, t| {
+        dual_clip(rho[i][t], adv[i], el, eh, cc)
+    })));
     let ml = x.p("max_len");
-    let loss = if ml > 0.0 { total / (b.b() as f64 * ml) } else { total / b.max_len() as f64 };
+    let loss = if ml > 0.0 {
+        total / (b.b() as f64 * ml)
+    } else {
+        total / b.max_len() as f64
+    };
     Out {
         loss,
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh)),
+            ),
             ("approx_kl", approx_kl(x, &lp)),
         ],
         outputs: vec![("adv", adv)],
@@ -206,7 +264,10 @@ fn bnpo(x: &Ctx) -> Out {
     Out {
         loss: sum(&flat(&per)) / (b.n_tokens().max(1) as f64),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh)),
+            ),
             ("kl", token_mean(&kl).v),
             ("ratio_mean", token_mean(&rho).v),
         ],
@@ -222,7 +283,13 @@ fn gmpo(x: &Ctx) -> Out {
     let mut losses = Vec::new();
     let mut rs = Vec::new();
     for i in 0..b.b() {
-        let sa = c(if adv[i] > 0.0 { 1.0 } else if adv[i] < 0.0 { -1.0 } else { 0.0 });
+        let sa = c(if adv[i] > 0.0 {
+            1.0
+        } else if adv[i] < 0.0 {
+            -1.0
+        } else {
+            0.0
+        });
         let n = b.len[i] as f64 + 1e-8;
         let dstar: Vec<D> = (0..b.len[i])
             .map(|t| {
@@ -238,11 +305,17 @@ fn gmpo(x: &Ctx) -> Out {
     Out {
         loss: mean(&losses),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| {
-                let d = lp[i][t].v - old[i][t];
-                d < -el || d > eh
-            })),
-            ("approx_kl", token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| {
+                    let d = lp[i][t].v - old[i][t];
+                    d < -el || d > eh
+                }),
+            ),
+            (
+                "approx_kl",
+                token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v,
+            ),
             ("seq_ratio_mean", mean(&rs).v),
         ],
         outputs: vec![("adv", adv)],
@@ -253,19 +326,35 @@ fn cispo(x: &Ctx) -> Out {
     let b = x.b;
     let (lp, old) = (x.tok("logp"), x.tokv("old_logp"));
     let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
-    let (el, eh, cap, one) = (x.p("eps_low"), x.p("eps_high"), x.p("eps_max"), x.flag("one_sided"));
+    let (el, eh, cap, one) = (
+        x.p("eps_low"),
+        x.p("eps_high"),
+        x.p("eps_max"),
+        x.flag("one_sided"),
+    );
     let rho = map_tok(b, |i, t| ratio(lp[i][t], old[i][t], 20.0));
     let per = map_tok(b, |i, t| {
-        let w = if one { rho[i][t].min(c(cap)) } else { rho[i][t].clamp(1.0 - el, 1.0 + eh) };
+        let w = if one {
+            rho[i][t].min(c(cap))
+        } else {
+            rho[i][t].clamp(1.0 - el, 1.0 + eh)
+        };
         -w.sg() * adv[i] * lp[i][t]
     });
     Out {
         loss: token_mean(&per),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| {
-                let r = rho[i][t].v;
-                if one { r > cap } else { r < 1.0 - el || r > 1.0 + eh }
-            })),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| {
+                    let r = rho[i][t].v;
+                    if one {
+                        r > cap
+                    } else {
+                        r < 1.0 - el || r > 1.0 + eh
+                    }
+                }),
+            ),
             ("approx_kl", approx_kl(x, &lp)),
         ],
         outputs: vec![("adv", adv)],
@@ -278,12 +367,19 @@ fn sapo(x: &Ctx) -> Out {
     let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
     let rho = map_tok(b, |i, t| ratio(lp[i][t], old[i][t], 20.0));
     let per = map_tok(b, |i, t| {
-        let tau = if adv[i] > 0.0 { x.p("tau_pos") } else { x.p("tau_neg") };
+        let tau = if adv[i] > 0.0 {
+            x.p("tau_pos")
+        } else {
+            x.p("tau_neg")
+        };
         -((tau * (rho[i][t] - 1.0)).sigmoid() * 4.0 / tau) * adv[i]
     });
     Out {
         loss: agg(b, &per, 2.0),
-        metrics: vec![("approx_kl", approx_kl(x, &lp)), ("ratio_mean", token_mean(&rho).v)],
+        metrics: vec![
+            ("approx_kl", approx_kl(x, &lp)),
+            ("ratio_mean", token_mean(&rho).v),
+        ],
         outputs: vec![("adv", adv)],
     }
 }
@@ -309,13 +405,30 @@ fn luspo(x: &Ctx) -> Out {
     let adv = grpo_adv(b, &x.seq("reward"), 1e-4, true, true);
     let (el, eh) = (x.p("epsilon"), x.p("epsilon_high"));
     let s: Vec<D> = (0..b.b())
-        .map(|i| seq_mean(&(0..b.len[i]).map(|t| lp[i][t] - old[i][t]).collect::<Vec<_>>()).exp())
+        .map(|i| {
+            seq_mean(
+                &(0..b.len[i])
+                    .map(|t| lp[i][t] - old[i][t])
+                    .collect::<Vec<_>>(),
+            )
+            .exp()
+        })
         .collect();
-    let per: Vec<D> = (0..b.b()).map(|i| b.len[i] as f64 * ppo_clip(s[i], adv[i], el, eh)).collect();
+    let per: Vec<D> = (0..b.b())
+        .map(|i| b.len[i] as f64 * ppo_clip(s[i], adv[i], el, eh))
+        .collect();
     Out {
         loss: mean(&per),
         metrics: vec![
-            ("clip_frac", mean(&(0..b.b()).map(|i| c(f64::from(clipped(s[i].v, adv[i], el, eh)))).collect::<Vec<_>>()).v),
+            (
+                "clip_frac",
+                mean(
+                    &(0..b.b())
+                        .map(|i| c(f64::from(clipped(s[i].v, adv[i], el, eh))))
+                        .collect::<Vec<_>>(),
+                )
+                .v,
+            ),
             ("seq_ratio_mean", mean(&s).v),
         ],
         outputs: vec![("adv", adv)],
@@ -328,7 +441,9 @@ fn vespo(x: &Ctx) -> Out {
     let adv = grpo_adv(b, &x.seq("reward"), 1e-4, true, true);
     let phi: Vec<f64> = (0..b.b())
         .map(|i| {
-            let s: f64 = (0..b.len[i]).map(|t| (lp[i][t].v - old[i][t]).clamp(-20.0, 20.0)).sum();
+            let s: f64 = (0..b.len[i])
+                .map(|t| (lp[i][t].v - old[i][t]).clamp(-20.0, 20.0))
+                .sum();
             let lw = s.clamp(1e-8f64.ln(), 20.0);
             let (k, lam) = if adv[i] >= 0.0 {
                 (x.p("k_pos"), x.p("lambda_pos"))
@@ -343,7 +458,10 @@ fn vespo(x: &Ctx) -> Out {
         loss: token_mean(&per),
         metrics: vec![
             ("phi_mean", mean(&consts_of(&phi)).v),
-            ("approx_kl", token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v),
+            (
+                "approx_kl",
+                token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v,
+            ),
         ],
         outputs: vec![("adv", adv)],
     }
@@ -351,18 +469,28 @@ fn vespo(x: &Ctx) -> Out {
 
 fn grpo_entropy(x: &Ctx) -> Out {
     let b = x.b;
-    let (lp, old, rf, h) = (x.tok("logp"), x.tokv("old_logp"), x.tokv("ref_logp"), x.tok("entropy"));
+    let (lp, old, rf, h) = (
+        x.tok("logp"),
+        x.tokv("old_logp"),
+        x.tokv("ref_logp"),
+        x.tok("entropy"),
+    );
     let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
     let (el, eh, mode) = (x.p("eps"), x.p("eps_high"), x.p("loss_agg_mode"));
     let rho = map_tok(b, |i, t| ratio(lp[i][t], old[i][t], 20.0));
     let kl = map_tok(b, |i, t| k3(lp[i][t], rf[i][t], true));
-    let per = map_tok(b, |i, t| dual_clip(rho[i][t], adv[i], el, eh, 3.0) + x.p("beta") * kl[i][t]);
+    let per = map_tok(b, |i, t| {
+        dual_clip(rho[i][t], adv[i], el, eh, 3.0) + x.p("beta") * kl[i][t]
+    });
     let ent = agg(b, &h, mode);
     Out {
         loss: agg(b, &per, mode) - x.p("entropy_coeff") * ent,
         metrics: vec![
             ("entropy", ent.v),
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, adv[i], el, eh)),
+            ),
             ("kl", token_mean(&kl).v),
         ],
         outputs: vec![("adv", adv)],
@@ -375,40 +503,75 @@ pub fn refs() -> Vec<Ref> {
             name: "grpo",
             shape: Shape::Policy,
             params: &[
-                ("eps", 0.2), ("eps_high", 0.2), ("beta", 0.04), ("std_eps", 1e-6), ("unbiased", 1.0),
-                ("scale_adv", 1.0), ("clip_ratio_c", 3.0), ("lr_clamp", 20.0), ("k3_clamp", 1.0),
+                ("eps", 0.2),
+                ("eps_high", 0.2),
+                ("beta", 0.04),
+                ("std_eps", 1e-6),
+                ("unbiased", 1.0),
+                ("scale_adv", 1.0),
+                ("clip_ratio_c", 3.0),
+                ("lr_clamp", 20.0),
+                ("k3_clamp", 1.0),
                 ("loss_agg_mode", 2.0),
             ],
             diff: LP,
             f: grpo,
             cases: &[
                 &[("loss_agg_mode", 0.0), ("unbiased", 0.0), ("k3_clamp", 0.0)],
-                &[("loss_agg_mode", 1.0), ("scale_adv", 0.0), ("lr_clamp", INF), ("clip_ratio_c", INF)],
-                &[("loss_agg_mode", 3.0), ("eps_high", 0.28), ("std_eps", 1e-4)],
+                &[
+                    ("loss_agg_mode", 1.0),
+                    ("scale_adv", 0.0),
+                    ("lr_clamp", INF),
+                    ("clip_ratio_c", INF),
+                ],
+                &[
+                    ("loss_agg_mode", 3.0),
+                    ("eps_high", 0.28),
+                    ("std_eps", 1e-4),
+                ],
             ],
         },
         Ref {
             name: "dapo",
             shape: Shape::Policy,
             params: &[
-                ("eps_low", 0.2), ("eps_high", 0.28), ("clip_ratio_c", 3.0), ("lr_clamp", 20.0),
-                ("std_eps", 1e-6), ("max_resp_len", 20480.0), ("overlong_buffer", 4096.0),
-                ("overlong_penalty", 1.0), ("filter_groups", 0.0),
+                ("eps_low", 0.2),
+                ("eps_high", 0.28),
+                ("clip_ratio_c", 3.0),
+                ("lr_clamp", 20.0),
+                ("std_eps", 1e-6),
+                ("max_resp_len", 20480.0),
+                ("overlong_buffer", 4096.0),
+                ("overlong_penalty", 1.0),
+                ("filter_groups", 0.0),
             ],
             diff: LP,
             f: dapo,
             cases: &[
                 &[("max_resp_len", 8.0), ("overlong_buffer", 4.0)],
-                &[("filter_groups", 1.0), ("lr_clamp", INF), ("clip_ratio_c", INF)],
+                &[
+                    ("filter_groups", 1.0),
+                    ("lr_clamp", INF),
+                    ("clip_ratio_c", INF),
+                ],
             ],
         },
         Ref {
             name: "gspo",
             shape: Shape::Policy,
-            params: &[("eps_low", 3e-4), ("eps_high", 4e-4), ("beta", 0.0), ("std_eps", 1e-6), ("k3_clamp", 1.0)],
+            params: &[
+                ("eps_low", 3e-4),
+                ("eps_high", 4e-4),
+                ("beta", 0.0),
+                ("std_eps", 1e-6),
+                ("k3_clamp", 1.0),
+            ],
             diff: LP,
             f: gspo,
-            cases: &[&[("eps_low", 0.2), ("eps_high", 0.28), ("beta", 0.04)], &[("beta", 0.1), ("k3_clamp", 0.0)]],
+            cases: &[
+                &[("eps_low", 0.2), ("eps_high", 0.28), ("beta", 0.04)],
+                &[("beta", 0.1), ("k3_clamp", 0.0)],
+            ],
         },
         Ref {
             name: "gspo_token",
@@ -422,8 +585,13 @@ pub fn refs() -> Vec<Ref> {
             name: "ppo",
             shape: Shape::Policy,
             params: &[
-                ("eps_low", 0.2), ("eps_high", 0.2), ("clip_ratio_c", 3.0), ("gamma", 1.0), ("lam", 1.0),
-                ("lr_clamp", 20.0), ("loss_agg_mode", 0.0),
+                ("eps_low", 0.2),
+                ("eps_high", 0.2),
+                ("clip_ratio_c", 3.0),
+                ("gamma", 1.0),
+                ("lam", 1.0),
+                ("lr_clamp", 20.0),
+                ("loss_agg_mode", 0.0),
             ],
             diff: LP,
             f: ppo,
@@ -432,7 +600,13 @@ pub fn refs() -> Vec<Ref> {
         Ref {
             name: "dr_grpo",
             shape: Shape::Policy,
-            params: &[("eps_low", 0.2), ("eps_high", 0.2), ("clip_ratio_c", 3.0), ("lr_clamp", 20.0), ("max_len", 0.0)],
+            params: &[
+                ("eps_low", 0.2),
+                ("eps_high", 0.2),
+                ("clip_ratio_c", 3.0),
+                ("lr_clamp", 20.0),
+                ("max_len", 0.0),
+            ],
             diff: LP,
             f: dr_grpo,
             cases: &[&[("max_len", 16.0), ("lr_clamp", INF), ("clip_ratio_c", INF)]],
@@ -440,7 +614,12 @@ pub fn refs() -> Vec<Ref> {
         Ref {
             name: "bnpo",
             shape: Shape::Policy,
-            params: &[("epsilon", 0.2), ("epsilon_high", 0.2), ("beta", 0.0), ("delta", INF)],
+            params: &[
+                ("epsilon", 0.2),
+                ("epsilon_high", 0.2),
+                ("beta", 0.0),
+                ("delta", INF),
+            ],
             diff: LP,
             f: bnpo,
             cases: &[&[("beta", 0.04), ("delta", 1.5), ("epsilon_high", 0.28)]],
@@ -456,10 +635,19 @@ pub fn refs() -> Vec<Ref> {
         Ref {
             name: "cispo",
             shape: Shape::Policy,
-            params: &[("eps_low", 0.2), ("eps_high", 0.2), ("one_sided", 0.0), ("eps_max", 5.0), ("std_eps", 1e-6)],
+            params: &[
+                ("eps_low", 0.2),
+                ("eps_high", 0.2),
+                ("one_sided", 0.0),
+                ("eps_max", 5.0),
+                ("std_eps", 1e-6),
+            ],
             diff: LP,
             f: cispo,
-            cases: &[&[("one_sided", 1.0)], &[("one_sided", 1.0), ("eps_max", 1.1)]],
+            cases: &[
+                &[("one_sided", 1.0)],
+                &[("one_sided", 1.0), ("eps_max", 1.1)],
+            ],
         },
         Ref {
             name: "sapo",
@@ -488,7 +676,12 @@ pub fn refs() -> Vec<Ref> {
         Ref {
             name: "vespo",
             shape: Shape::Policy,
-            params: &[("k_pos", 2.0), ("lambda_pos", 3.0), ("k_neg", 3.0), ("lambda_neg", 2.0)],
+            params: &[
+                ("k_pos", 2.0),
+                ("lambda_pos", 3.0),
+                ("k_neg", 3.0),
+                ("lambda_neg", 2.0),
+            ],
             diff: LP,
             f: vespo,
             cases: &[&[("k_pos", 1.0), ("lambda_pos", 1.0)]],
@@ -497,7 +690,11 @@ pub fn refs() -> Vec<Ref> {
             name: "grpo_entropy",
             shape: Shape::Policy,
             params: &[
-                ("eps", 0.2), ("eps_high", 0.2), ("beta", 0.04), ("entropy_coeff", 1e-3), ("std_eps", 1e-6),
+                ("eps", 0.2),
+                ("eps_high", 0.2),
+                ("beta", 0.04),
+                ("entropy_coeff", 1e-3),
+                ("std_eps", 1e-6),
                 ("loss_agg_mode", 2.0),
             ],
             diff: &["logp", "entropy"],
@@ -506,4 +703,3 @@ pub fn refs() -> Vec<Ref> {
         },
     ]
 }
-

@@ -25,17 +25,28 @@ fn vanilla(x: &Ctx, adv: &[f64]) -> (D, f64, Tok) {
 
 fn approx_kl(x: &Ctx, lp: &Tok) -> f64 {
     let old = x.tokv("old_logp");
-    token_mean(&map_tok(x.b, |i, t| (old[i][t] - lp[i][t]).clamp(-20.0, 20.0))).v
+    token_mean(&map_tok(x.b, |i, t| {
+        (old[i][t] - lp[i][t]).clamp(-20.0, 20.0)
+    }))
+    .v
 }
 
-const VANILLA: [(&str, f64); 4] =
-    [("eps_low", 0.2), ("eps_high", 0.2), ("clip_ratio_c", 3.0), ("loss_agg_mode", 0.0)];
+const VANILLA: [(&str, f64); 4] = [
+    ("eps_low", 0.2),
+    ("eps_high", 0.2),
+    ("clip_ratio_c", 3.0),
+    ("loss_agg_mode", 0.0),
+];
 
 fn rloo(x: &Ctx) -> Out {
     let b = x.b;
     let (lp, old, rf) = (x.tok("logp"), x.tokv("old_logp"), x.tokv("ref_logp"));
-    let kl: Vec<f64> = (0..b.b()).map(|i| (0..b.len[i]).map(|t| old[i][t] - rf[i][t]).sum()).collect();
-    let r: Vec<f64> = (0..b.b()).map(|i| x.seq("reward")[i] - x.p("beta") * kl[i]).collect();
+    let kl: Vec<f64> = (0..b.b())
+        .map(|i| (0..b.len[i]).map(|t| old[i][t] - rf[i][t]).sum())
+        .collect();
+    let r: Vec<f64> = (0..b.b())
+        .map(|i| x.seq("reward")[i] - x.p("beta") * kl[i])
+        .collect();
     let a: Vec<f64> = (0..b.b())
         .map(|i| {
             let m = b.members(b.group[i]);
@@ -57,11 +68,21 @@ fn rloo(x: &Ctx) -> Out {
     let rho: Vec<D> = (0..b.b())
         .map(|i| (sum(&lp[i]) - (0..b.len[i]).map(|t| old[i][t]).sum::<f64>()).exp())
         .collect();
-    let per: Vec<D> = (0..b.b()).map(|i| ppo_clip(rho[i], adv[i], el, eh)).collect();
+    let per: Vec<D> = (0..b.b())
+        .map(|i| ppo_clip(rho[i], adv[i], el, eh))
+        .collect();
     Out {
         loss: mean(&per),
         metrics: vec![
-            ("clip_frac", mean(&(0..b.b()).map(|i| c(f64::from(clipped(rho[i].v, adv[i], el, eh)))).collect::<Vec<_>>()).v),
+            (
+                "clip_frac",
+                mean(
+                    &(0..b.b())
+                        .map(|i| c(f64::from(clipped(rho[i].v, adv[i], el, eh))))
+                        .collect::<Vec<_>>(),
+                )
+                .v,
+            ),
             ("kl", mean(&cs(&kl)).v),
         ],
         outputs: vec![("adv", adv)],
@@ -72,7 +93,9 @@ fn rloo(x: &Ctx) -> Out {
 fn whiten(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let fl: Vec<D> = a.iter().flatten().map(|&z| c(z)).collect();
     let (m, v) = (mean(&fl).v, var(&fl, true).v);
-    a.iter().map(|ai| ai.iter().map(|z| (z - m) / (v + 1e-8).sqrt()).collect()).collect()
+    a.iter()
+        .map(|ai| ai.iter().map(|z| (z - m) / (v + 1e-8).sqrt()).collect())
+        .collect()
 }
 
 fn reinforce_pp(x: &Ctx) -> Out {
@@ -80,7 +103,11 @@ fn reinforce_pp(x: &Ctx) -> Out {
     let (old, rf, r) = (x.tokv("old_logp"), x.tokv("ref_logp"), x.seq("reward"));
     let a: Vec<Vec<f64>> = if x.flag("baseline") {
         let mu = group_bcast(b, &cs(&r), mean);
-        whiten(&(0..b.b()).map(|i| vec![r[i] - mu[i].v; b.len[i]]).collect::<Vec<_>>())
+        whiten(
+            &(0..b.b())
+                .map(|i| vec![r[i] - mu[i].v; b.len[i]])
+                .collect::<Vec<_>>(),
+        )
     } else {
         let mut g = Vec::new();
         for i in 0..b.b() {
@@ -104,7 +131,10 @@ fn reinforce_pp(x: &Ctx) -> Out {
     Out {
         loss: agg(b, &per, x.p("loss_agg_mode")),
         metrics: vec![
-            ("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, a[i][t], el, eh))),
+            (
+                "clip_frac",
+                tok_frac(b, |i, t| clipped(rho[i][t].v, a[i][t], el, eh)),
+            ),
             ("approx_kl", approx_kl(x, &lp)),
         ],
         outputs: vec![("adv", a.concat())],
@@ -123,7 +153,11 @@ fn opo(x: &Ctx) -> Out {
         })
         .collect();
     let (loss, frac, lp) = vanilla(x, &adv);
-    Out { loss, metrics: vec![("clip_frac", frac), ("approx_kl", approx_kl(x, &lp))], outputs: vec![("adv", adv)] }
+    Out {
+        loss,
+        metrics: vec![("clip_frac", frac), ("approx_kl", approx_kl(x, &lp))],
+        outputs: vec![("adv", adv)],
+    }
 }
 
 /// C(a, m)/C(b, m) = Π_{j<m} (a − j)/(b − j), with C(a, m) = 0 when a < m.
@@ -158,13 +192,25 @@ fn passk(x: &Ctx) -> Out {
         } else if n >= 2 {
             // The best: highest reward, the later one among ties.
             let best = *m.iter().max_by(|&&a, &&bb| r[a].total_cmp(&r[bb])).unwrap();
-            let second = m.iter().filter(|&&i| i != best).map(|&i| r[i]).fold(f64::NEG_INFINITY, f64::max);
-            let s = if x.flag("scale") { std(&cs(&m.iter().map(|&i| r[i]).collect::<Vec<_>>()), true).v + 1e-6 } else { 1.0 };
+            let second = m
+                .iter()
+                .filter(|&&i| i != best)
+                .map(|&i| r[i])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let s = if x.flag("scale") {
+                std(&cs(&m.iter().map(|&i| r[i]).collect::<Vec<_>>()), true).v + 1e-6
+            } else {
+                1.0
+            };
             adv[best] = (r[best] - second) / s;
         }
     }
     let (loss, frac, _) = vanilla(x, &adv);
-    Out { loss, metrics: vec![("clip_frac", frac)], outputs: vec![("adv", adv)] }
+    Out {
+        loss,
+        metrics: vec![("clip_frac", frac)],
+        outputs: vec![("adv", adv)],
+    }
 }
 
 /// numpy-linear quantile of plain values.
@@ -198,7 +244,11 @@ fn riskpo(x: &Ctx) -> Out {
         }
     }
     let (loss, frac, _) = vanilla(x, &adv);
-    Out { loss, metrics: vec![("clip_frac", frac)], outputs: vec![("adv", adv)] }
+    Out {
+        loss,
+        metrics: vec![("clip_frac", frac)],
+        outputs: vec![("adv", adv)],
+    }
 }
 
 fn cvar_pg(x: &Ctx) -> Out {
@@ -216,7 +266,11 @@ fn cvar_pg(x: &Ctx) -> Out {
         cvars.push(mean(&tail));
     }
     let (loss, frac, _) = vanilla(x, &adv);
-    Out { loss, metrics: vec![("clip_frac", frac), ("cvar", mean(&cvars).v)], outputs: vec![("adv", adv)] }
+    Out {
+        loss,
+        metrics: vec![("clip_frac", frac), ("cvar", mean(&cvars).v)],
+        outputs: vec![("adv", adv)],
+    }
 }
 
 fn rs_grpo(x: &Ctx) -> Out {
@@ -233,7 +287,11 @@ fn rs_grpo(x: &Ctx) -> Out {
         }
     }
     let (loss, frac, _) = vanilla(x, &adv);
-    Out { loss, metrics: vec![("clip_frac", frac)], outputs: vec![("adv", adv)] }
+    Out {
+        loss,
+        metrics: vec![("clip_frac", frac)],
+        outputs: vec![("adv", adv)],
+    }
 }
 
 /// Covariance (A − mean_tok A)(sg logp − mean sg logp) per token, and n = max(⌊ratio·N⌋, 1).
@@ -243,13 +301,20 @@ fn cov(x: &Ctx, adv: &[f64], ratio_key: &str) -> (Vec<Vec<f64>>, usize) {
     let ntok = b.n_tokens() as f64;
     let ma: f64 = (0..b.b()).map(|i| adv[i] * b.len[i] as f64).sum::<f64>() / ntok;
     let ml: f64 = lp.iter().flatten().sum::<f64>() / ntok;
-    let cv = (0..b.b()).map(|i| lp[i].iter().map(|&l| (adv[i] - ma) * (l - ml)).collect()).collect();
+    let cv = (0..b.b())
+        .map(|i| lp[i].iter().map(|&l| (adv[i] - ma) * (l - ml)).collect())
+        .collect();
     let n = ((x.p(ratio_key) * ntok).floor() as usize).max(1);
     (cv, n)
 }
 
 /// The `n` largest of the candidate tokens by key (ties: the later token), as a mask.
-fn top_n(b: &super::batch::Pad, key: &[Vec<f64>], cand: impl Fn(usize, usize) -> bool, n: usize) -> Vec<Vec<bool>> {
+fn top_n(
+    b: &super::batch::Pad,
+    key: &[Vec<f64>],
+    cand: impl Fn(usize, usize) -> bool,
+    n: usize,
+) -> Vec<Vec<bool>> {
     let mut list: Vec<(f64, usize, usize, usize)> = Vec::new();
     let mut k = 0;
     for i in 0..b.b() {
@@ -272,19 +337,38 @@ fn clip_cov(x: &Ctx) -> Out {
     let b = x.b;
     let (lp, old) = (x.tok("logp"), x.tokv("old_logp"));
     let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
-    let (el, eh, lb, ub) = (x.p("eps_low"), x.p("eps_high"), x.p("clip_cov_lb"), x.p("clip_cov_ub"));
+    let (el, eh, lb, ub) = (
+        x.p("eps_low"),
+        x.p("eps_high"),
+        x.p("clip_cov_lb"),
+        x.p("clip_cov_ub"),
+    );
     let rho = map_tok(b, |i, t| (lp[i][t] - old[i][t]).exp());
     let l1 = map_tok(b, |i, t| -adv[i] * rho[i][t]);
     let l2 = map_tok(b, |i, t| -adv[i] * rho[i][t].clamp(1.0 - el, 1.0 + eh));
     let (cv, n) = cov(x, &adv, "clip_cov_ratio");
-    let cut = top_n(b, &cv, |i, t| !(l2[i][t].v > l1[i][t].v) && cv[i][t] > lb && cv[i][t] < ub, n);
-    let per = map_tok(b, |i, t| if cut[i][t] { c(0.0) } else { l1[i][t].max(l2[i][t]) });
+    let cut = top_n(
+        b,
+        &cv,
+        |i, t| !(l2[i][t].v > l1[i][t].v) && cv[i][t] > lb && cv[i][t] < ub,
+        n,
+    );
+    let per = map_tok(b, |i, t| {
+        if cut[i][t] {
+            c(0.0)
+        } else {
+            l1[i][t].max(l2[i][t])
+        }
+    });
     Out {
         loss: agg(b, &per, x.p("loss_agg_mode")),
         metrics: vec![
             ("clip_frac", tok_frac(b, |i, t| cut[i][t])),
             ("ppo_clip_frac", tok_frac(b, |i, t| l2[i][t].v > l1[i][t].v)),
-            ("approx_kl", token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v),
+            (
+                "approx_kl",
+                token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v,
+            ),
         ],
         outputs: vec![("adv", adv)],
     }
@@ -298,13 +382,20 @@ fn kl_cov(x: &Ctx) -> Out {
     let top = top_n(b, &cv, |_, _| true, k);
     let per = map_tok(b, |i, t| {
         let l = -adv[i] * (lp[i][t] - old[i][t]).exp();
-        if top[i][t] { l + x.p("ppo_kl_coef") * (lp[i][t] - old[i][t]).abs() } else { l }
+        if top[i][t] {
+            l + x.p("ppo_kl_coef") * (lp[i][t] - old[i][t]).abs()
+        } else {
+            l
+        }
     });
     Out {
         loss: agg(b, &per, x.p("loss_agg_mode")),
         metrics: vec![
             ("kl_frac", tok_frac(b, |i, t| top[i][t])),
-            ("approx_kl", token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v),
+            (
+                "approx_kl",
+                token_mean(&map_tok(b, |i, t| old[i][t] - lp[i][t])).v,
+            ),
         ],
         outputs: vec![("adv", adv)],
     }
@@ -315,7 +406,12 @@ fn dph_rl(x: &Ctx) -> Out {
     let (lp, old) = (x.tok("logp"), x.tokv("old_logp"));
     let pef = x.seqb("pef");
     let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
-    let (el, eh, cc, al) = (x.p("eps_low"), x.p("eps_high"), x.p("clip_ratio_c"), x.p("alpha"));
+    let (el, eh, cc, al) = (
+        x.p("eps_low"),
+        x.p("eps_high"),
+        x.p("clip_ratio_c"),
+        x.p("alpha"),
+    );
     let div = x.p("div");
     let (mut pg, mut f) = (Vec::new(), Vec::new());
     for i in 0..b.b() {
@@ -331,12 +427,22 @@ fn dph_rl(x: &Ctx) -> Out {
                     u - u.ln() - 1.0
                 });
             } else {
-                pg.push(dual_clip(ratio(lp[i][t], old[i][t], 20.0), adv[i], el, eh, cc));
+                pg.push(dual_clip(
+                    ratio(lp[i][t], old[i][t], 20.0),
+                    adv[i],
+                    el,
+                    eh,
+                    cc,
+                ));
             }
         }
     }
     let fm = mean(&f);
-    Out { loss: mean(&pg) + x.p("coef") * fm, metrics: vec![("divergence", fm.v)], outputs: vec![("adv", adv)] }
+    Out {
+        loss: mean(&pg) + x.p("coef") * fm,
+        metrics: vec![("divergence", fm.v)],
+        outputs: vec![("adv", adv)],
+    }
 }
 
 fn igpo(x: &Ctx) -> Out {
@@ -346,7 +452,10 @@ fn igpo(x: &Ctx) -> Out {
     let mut z: Vec<Vec<f64>> = tr.clone();
     for g in 0..b.n_groups {
         let m = b.members(g);
-        let all: Vec<D> = m.iter().flat_map(|&i| tr[i].iter().map(|&v| c(v))).collect();
+        let all: Vec<D> = m
+            .iter()
+            .flat_map(|&i| tr[i].iter().map(|&v| c(v)))
+            .collect();
         let (mu, sd) = (mean(&all).v, std(&all, true).v);
         for &i in &m {
             for k in 0..b.n_turns[i] {
@@ -374,7 +483,10 @@ fn igpo(x: &Ctx) -> Out {
     let per = map_tok(b, |i, t| dual_clip(rho[i][t], a(i, t), el, eh, cc));
     Out {
         loss: agg(b, &per, x.p("loss_agg_mode")),
-        metrics: vec![("clip_frac", tok_frac(b, |i, t| clipped(rho[i][t].v, a(i, t), el, eh)))],
+        metrics: vec![(
+            "clip_frac",
+            tok_frac(b, |i, t| clipped(rho[i][t].v, a(i, t), el, eh)),
+        )],
         outputs: vec![("adv", ret.concat())],
     }
 }
@@ -391,7 +503,12 @@ pub fn refs() -> Vec<Ref> {
         Ref {
             name: "rloo",
             shape: Shape::Policy,
-            params: &[("beta", 0.05), ("epsilon", 0.2), ("epsilon_high", 0.2), ("normalize_advantages", 0.0)],
+            params: &[
+                ("beta", 0.05),
+                ("epsilon", 0.2),
+                ("epsilon_high", 0.2),
+                ("normalize_advantages", 0.0),
+            ],
             diff: LP,
             f: rloo,
             cases: &[&[("normalize_advantages", 1.0), ("beta", 0.0)]],
@@ -402,24 +519,47 @@ pub fn refs() -> Vec<Ref> {
             params: params![("beta", 0.001), ("gamma", 1.0), ("baseline", 0.0)],
             diff: LP,
             f: reinforce_pp,
-            cases: &[&[("baseline", 1.0)], &[("gamma", 0.9), ("beta", 0.1), ("loss_agg_mode", 1.0)]],
+            cases: &[
+                &[("baseline", 1.0)],
+                &[("gamma", 0.9), ("beta", 0.1), ("loss_agg_mode", 1.0)],
+            ],
         },
-        Ref { name: "opo", shape: Shape::Policy, params: params![], diff: LP, f: opo, cases: &[&[("loss_agg_mode", 3.0)]] },
+        Ref {
+            name: "opo",
+            shape: Shape::Policy,
+            params: params![],
+            diff: LP,
+            f: opo,
+            cases: &[&[("loss_agg_mode", 3.0)]],
+        },
         Ref {
             name: "passk",
             shape: Shape::Groups4,
             params: params![("k", 4.0), ("analytic", 0.0), ("scale", 1.0)],
             diff: LP,
             f: passk,
-            cases: &[&[("scale", 0.0)], &[("analytic", 1.0), ("k", 2.0)], &[("analytic", 1.0), ("k", 3.0)]],
+            cases: &[
+                &[("scale", 0.0)],
+                &[("analytic", 1.0), ("k", 2.0)],
+                &[("analytic", 1.0), ("k", 3.0)],
+            ],
         },
         Ref {
             name: "riskpo",
             shape: Shape::Policy,
-            params: params![("alpha", 0.2), ("beta", 0.8), ("w_up", 1.5), ("w_mix", 0.0), ("scale", 1.0)],
+            params: params![
+                ("alpha", 0.2),
+                ("beta", 0.8),
+                ("w_up", 1.5),
+                ("w_mix", 0.0),
+                ("scale", 1.0)
+            ],
             diff: LP,
             f: riskpo,
-            cases: &[&[("w_mix", 1.5), ("w_up", 0.0), ("scale", 0.0)], &[("alpha", 0.3), ("beta", 0.6)]],
+            cases: &[
+                &[("w_mix", 1.5), ("w_up", 0.0), ("scale", 0.0)],
+                &[("alpha", 0.3), ("beta", 0.6)],
+            ],
         },
         Ref {
             name: "cvar_pg",
@@ -441,17 +581,30 @@ pub fn refs() -> Vec<Ref> {
             name: "clip_cov",
             shape: Shape::Policy,
             params: &[
-                ("eps_low", 0.2), ("eps_high", 0.2), ("clip_cov_ratio", 2e-4), ("clip_cov_lb", 1.0),
-                ("clip_cov_ub", 5.0), ("std_eps", 1e-6), ("loss_agg_mode", 0.0),
+                ("eps_low", 0.2),
+                ("eps_high", 0.2),
+                ("clip_cov_ratio", 2e-4),
+                ("clip_cov_lb", 1.0),
+                ("clip_cov_ub", 5.0),
+                ("std_eps", 1e-6),
+                ("loss_agg_mode", 0.0),
             ],
             diff: LP,
             f: clip_cov,
-            cases: &[&[("clip_cov_ratio", 0.1), ("clip_cov_lb", 0.0)], &[("clip_cov_lb", -5.0), ("clip_cov_ub", 0.5)]],
+            cases: &[
+                &[("clip_cov_ratio", 0.1), ("clip_cov_lb", 0.0)],
+                &[("clip_cov_lb", -5.0), ("clip_cov_ub", 0.5)],
+            ],
         },
         Ref {
             name: "kl_cov",
             shape: Shape::Policy,
-            params: &[("kl_cov_ratio", 2e-4), ("ppo_kl_coef", 0.1), ("std_eps", 1e-6), ("loss_agg_mode", 0.0)],
+            params: &[
+                ("kl_cov_ratio", 2e-4),
+                ("ppo_kl_coef", 0.1),
+                ("std_eps", 1e-6),
+                ("loss_agg_mode", 0.0),
+            ],
             diff: LP,
             f: kl_cov,
             cases: &[&[("kl_cov_ratio", 0.2), ("ppo_kl_coef", 1.0)]],
@@ -460,12 +613,20 @@ pub fn refs() -> Vec<Ref> {
             name: "dph_rl",
             shape: Shape::Policy,
             params: &[
-                ("div", 0.0), ("alpha", 0.2), ("coef", 0.01), ("eps_low", 0.2), ("eps_high", 0.28),
-                ("clip_ratio_c", 3.0), ("std_eps", 1e-6),
+                ("div", 0.0),
+                ("alpha", 0.2),
+                ("coef", 0.01),
+                ("eps_low", 0.2),
+                ("eps_high", 0.28),
+                ("clip_ratio_c", 3.0),
+                ("std_eps", 1e-6),
             ],
             diff: LP,
             f: dph_rl,
-            cases: &[&[("div", 1.0), ("coef", 0.5)], &[("div", 2.0), ("alpha", 0.5), ("coef", 0.5)]],
+            cases: &[
+                &[("div", 1.0), ("coef", 0.5)],
+                &[("div", 2.0), ("alpha", 0.5), ("coef", 0.5)],
+            ],
         },
         Ref {
             name: "igpo",
