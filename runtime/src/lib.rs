@@ -125,8 +125,6 @@ fn interp_evaluate(
     batch: &Batch,
     params: &[f64],
 ) -> Result<Evaluation, RuntimeError> {
-    let _ = (c, batch, params);
-    Err(RuntimeError::Unsupported(
-        "backend `interp`: the interpreter has not landed on this branch yet".into(),
-    ))
+    rlo_compiler::back::interp::evaluate(&c.module, &c.schedule, batch, params)
+        .map_err(|e| RuntimeError::Interp(e.to_string()))
 }
