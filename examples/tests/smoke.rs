@@ -257,7 +257,7 @@ fn rlo_op_weight_gradients_equal_candle_grpo() {
             beta: 0.04,
         },
     );
-    let mut rlo = RloObjective::new("grpo_inline.rlo", GRPO, &[], Backend::Interp).unwrap();
+    let mut rlo = RloObjective::new("grpo_inline.rlo", GRPO, None, &[], Backend::Interp).unwrap();
     let (v_rlo, got) = weight_grads(&f, &mut rlo);
     assert!(
         (v_rlo - v_ref).abs() <= 1e-5 * v_ref.abs().max(1e-3),
@@ -283,6 +283,7 @@ fn rlo_op_weight_gradients_equal_candle_grpo() {
     let mut rlo0 = RloObjective::new(
         "grpo_inline.rlo",
         GRPO,
+        None,
         &[("beta".into(), 0.0)],
         Backend::Interp,
     )

@@ -44,15 +44,20 @@ pub struct RloObjective {
 }
 
 impl RloObjective {
-    /// Compiles `text`; `overrides` are `--param k=v` pairs.
+    /// Compiles `text` (the objective named `which`, needed when the file has several);
+    /// `overrides` are `--param k=v` pairs.
     pub fn new(
         name: &str,
         text: &str,
+        which: Option<String>,
         overrides: &[(String, f64)],
         backend: Backend,
     ) -> Result<RloObjective> {
-        let objective = Objective::compile(name, text, &rlo_compiler::Options::default())
-            .map_err(|f| f.render(false))?;
+        let opts = rlo_compiler::Options {
+            objective: which,
+            ..Default::default()
+        };
+        let objective = Objective::compile(name, text, &opts).map_err(|f| f.render(false))?;
         let params = objective.param_values(overrides)?;
         Ok(RloObjective {
             name: name.to_string(),

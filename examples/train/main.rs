@@ -53,10 +53,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LossArg::Rlo)]
     loss: LossArg,
     /// RL steps.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 80)]
     steps: usize,
     /// Supervised warm-up steps before RL (skipped with --resume).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 500)]
     sft_steps: usize,
     #[arg(long, default_value_t = 64)]
     sft_batch: usize,
@@ -162,15 +162,13 @@ fn make_loss(args: &Args) -> Result<Box<dyn PolicyLoss>> {
                 BackendArg::Cuda => Backend::Cuda,
             };
             let name = args.objective.display().to_string();
-            let mut obj = RloObjective::new(&name, &text, &args.params, backend)?;
-            if let Some(o) = &args.objective_name {
-                let opts = rlo_compiler::Options {
-                    objective: Some(o.clone()),
-                };
-                obj.objective = rlo_runtime::Objective::compile(&name, &text, &opts)
-                    .map_err(|f| f.render(false))?;
-                obj.params = obj.objective.param_values(&args.params)?;
-            }
+            let obj = RloObjective::new(
+                &name,
+                &text,
+                args.objective_name.clone(),
+                &args.params,
+                backend,
+            )?;
             for w in &obj.objective.compiled.warnings {
                 eprintln!("warning: {}", w.message);
             }
