@@ -112,7 +112,10 @@ impl Trainer {
     /// A randomly initialised policy (`seed`), or one whose weights come from `weights`
     /// (a checkpoint of this program).
     pub fn new(cfg: TrainConfig, weights: Option<&Path>, device: Device) -> Result<Trainer> {
-        if cfg.heads == 0 || cfg.hidden % cfg.heads != 0 || (cfg.hidden / cfg.heads) % 2 != 0 {
+        if cfg.heads == 0
+            || !cfg.hidden.is_multiple_of(cfg.heads)
+            || !(cfg.hidden / cfg.heads).is_multiple_of(2)
+        {
             return Err(format!(
                 "hidden size {} must split into {} heads of an even size",
                 cfg.hidden, cfg.heads

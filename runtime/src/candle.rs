@@ -497,4 +497,67 @@ mod tests {
         assert!((gl[0][0][2] - (1.0 - p2)).abs() < 1e-6);
         assert!((gl[0][1][0] + 1.0 / 3.0).abs() < 1e-6);
     }
+
+    const OBJ: &str = "objective t(beta: f32 = 0.5) {
+        input logp: tok diff
+        input entropy: tok diff
+        input reward: seq
+        loss batch_mean(seq_mean(-logp * reward)) - beta * batch_mean(entropy)
+        metric total = batch_sum(reward)
+        output adv = reward * 2
+    }";
+
+    #[test]
+    fn rlo_loss_backward_reaches_tensors_through_the_interpreter() {
+        let dev = Device::Cpu;
+        let obj = Objective::compile("t.rlo", OBJ, &rlo_compiler::Options::default()).unwrap();
+        let tl = TokenLayout::from_lengths(&[2, 3], 3, vec![0, 0], &dev).unwrap();
+        // An inf in a padded slot must not leak into the loss or the gradients.
+        let logp = Var::new(
+            &[[-0.5f32, -1.0, f32::NEG_INFINITY], [-2.0, -0.25, -1.5]],
+            &dev,
+        )
+        .unwrap();
+        let ent = Var::new(&[[1.0f32, 2.0, 9.0], [0.5, 0.5, 1.0]], &dev).unwrap();
+        let reward = [1.0, 2.0];
+        let params = obj.param_values(&[]).unwrap();
+        let inputs = [
+            ("logp", Input::Tensor(logp.as_tensor())),
+            ("entropy", Input::Tensor(ent.as_tensor())),
+            ("reward", Input::Host(&reward)),
+            ("unused", Input::Host(&[])),
+        ];
+        let out = rlo_loss(&obj, &tl, &inputs, &params, Backend::Interp).unwrap();
+        let want = 0.5 * (1.5 / 2.0 + 2.0 * 3.75 / 3.0) - 0.5 * 5.0 / 5.0;
+        assert!((out.value - want).abs() < 1e-6, "{} vs {want}", out.value);
+        assert!((f64::from(out.loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        assert_eq!(out.metric("total"), Some(3.0));
+        assert_eq!(out.outputs[0].1, vec![2.0, 4.0]);
+        let g = out.loss.backward().unwrap();
+        let gl: Vec<Vec<f32>> = g.get(&logp).unwrap().to_vec2().unwrap();
+        let (a, b) = (-1.0 / 4.0, -2.0 / 6.0);
+        assert_eq!(gl, vec![vec![a, a, 0.0], vec![b, b, b]]);
+        let ge: Vec<Vec<f32>> = g.get(&ent).unwrap().to_vec2().unwrap();
+        assert_eq!(ge, vec![vec![-0.1, -0.1, 0.0], vec![-0.1, -0.1, -0.1]]);
+
+        // A missing input, and an input of the wrong size, are errors that name it.
+        let e = rlo_loss(&obj, &tl, &inputs[..2], &params, Backend::Interp).unwrap_err();
+        assert!(e.to_string().contains("`reward`"), "{e}");
+        let short = Tensor::new(&[1f32], &dev).unwrap();
+        let bad = [
+            ("logp", Input::Tensor(logp.as_tensor())),
+            ("entropy", Input::Tensor(ent.as_tensor())),
+            ("reward", Input::Tensor(&short)),
+        ];
+        let e = rlo_loss(&obj, &tl, &bad, &params, Backend::Interp).unwrap_err();
+        assert!(e.to_string().contains("`reward`"), "{e}");
+        let wide = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
+        let bad = [
+            ("logp", Input::Tensor(&wide)),
+            ("entropy", Input::Tensor(ent.as_tensor())),
+            ("reward", Input::Host(&reward)),
+        ];
+        let e = rlo_loss(&obj, &tl, &bad, &params, Backend::Interp).unwrap_err();
+        assert!(e.to_string().contains("`logp`"), "{e}");
+    }
 }
