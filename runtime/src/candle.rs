@@ -14,15 +14,21 @@
 //! loss = (S − detach(S)) + L
 //! ```
 //!
-//! Its value is `L` (for finite `S`, `S − S` is exactly `0` in IEEE arithmetic). Backward sends
-//! `1` to `S` (the detached copy and the constant `L` get nothing), `1 · g_i = g_i` through the
-//! product — multiplying by one is exact — and `select` passes it to `x_i` at valid positions only.
-//! So `dloss/dx_i` is the backend's `g_i` to the bit, and padded positions get exactly `0`; the
-//! `select` also keeps an `inf` in a padded slot from turning the sum into `NaN`. This needs no
-//! `CustomOp` backward and works unchanged on every candle device (CPU, CUDA, Metal).
+//! Its value is `L` (for finite `S`, `S − S` is exactly `0` in IEEE arithmetic; `L` is rounded to
+//! the dtype of the inputs). Backward sends `1` to `S` (the detached copy and the constant `L` get
+//! nothing), `1 · g_i = g_i` through the product — multiplying by one is exact — and `select`
+//! passes it to `x_i` at valid positions only. So `dloss/dx_i` is the backend's `g_i` (rounded
+//! once to the dtype of `x_i`) to the bit, and padded positions get exactly `0`; the `select` also
+//! keeps an `inf` in a padded slot from turning the sum into `NaN`. This needs no `CustomOp`
+//! backward and works unchanged on every candle device.
 //!
-//! On CUDA (feature `cuda`), tensors are copied to the host for [`Backend::Interp`] and
-//! [`Backend::Cpu`]; a device-resident path through [`Backend::Cuda`] uses the same surrogate.
+//! # Devices
+//! [`Objective::evaluate`] takes a host [`Batch`] on every backend, so the inputs are copied to
+//! the host (`B·T` values per token input: small next to the policy's forward pass) and the
+//! gradients copied back to the device of each input. With a CUDA policy (feature `cuda`, which
+//! needs nvcc at build time, see `shared/gpu.md`; not built or run here) the same code applies;
+//! keeping the data on the GPU
+//! end to end would need an `evaluate` over device buffers, which the runtime API does not have.
 
 use std::collections::BTreeMap;
 
