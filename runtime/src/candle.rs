@@ -27,8 +27,8 @@
 //! the host (`B·T` values per token input: small next to the policy's forward pass) and the
 //! gradients copied back to the device of each input. With a CUDA policy (feature `cuda`, which
 //! needs nvcc at build time, see `shared/gpu.md`; not built or run here) the same code applies;
-//! keeping the data on the GPU
-//! end to end would need an `evaluate` over device buffers, which the runtime API does not have.
+//! keeping the data on the GPU end to end would need an `evaluate` over device buffers, which the
+//! runtime API does not have.
 
 use std::collections::BTreeMap;
 
