@@ -8,18 +8,8 @@ mod stdlib_ref;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rlo_compiler::{compile, Batch, Compiled, Options};
+use rlo_compiler::{back::interp, compile, Batch, Compiled, Options};
 
-mod interp {
-    pub fn evaluate(
-        _m: &rlo_compiler::Module,
-        _s: &rlo_compiler::Schedule,
-        _b: &rlo_compiler::Batch,
-        _p: &[f64],
-    ) -> Result<rlo_compiler::Evaluation, String> {
-        Err("interpreter not merged yet".into())
-    }
-}
 use stdlib_ref::batch::{generate, Ctx, Pad};
 use stdlib_ref::Ref;
 
@@ -457,7 +447,7 @@ const REASONED_PASSES: &[(&str, usize)] = &[
     ("luspo", 2),
     ("vespo", 2),
     ("dph_rl", 1),
-    ("igpo", 3),
+    ("igpo", 1),
     ("grpo_entropy", 1),
     ("dpo", 2),
     ("ipo", 2),
@@ -477,6 +467,47 @@ fn schedules_need_no_more_passes_than_reasoned() {
         eprintln!("{name}: {got} token passes");
         if got == 0 || got > want {
             errors.push(format!("{name}: {got} token passes, reasoned {want}"));
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// stdlib/README.md's table states, for every objective, the token passes of its schedule and
+/// whether a step splits into micro-batches exactly (`split::analyze`): keep it in step.
+#[test]
+fn readme_table_matches_the_compiler() {
+    let readme = std::fs::read_to_string(stdlib_dir().join("README.md")).expect("README");
+    let mut errors = Vec::new();
+    for &(name, _) in REASONED_PASSES {
+        let c = compile(&format!("{name}.rlo"), &source(name), &Options::default())
+            .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
+        let passes = c.schedule.token_passes();
+        let sp = rlo_compiler::split::analyze(&c.module);
+        let split = if sp.splittable {
+            "yes".to_string()
+        } else {
+            "no".to_string()
+        };
+        let why = sp
+            .reason
+            .as_ref()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        eprintln!("| `{name}` | {passes} | {split} | {why}");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("README has no row for {name}"));
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let n = cells.len();
+        let (p, s) = (
+            cells[n - 2].trim(),
+            cells[n - 1].trim_end_matches('|').trim(),
+        );
+        if !p.starts_with(&passes.to_string()) || !s.starts_with(&split) {
+            errors.push(format!(
+                "{name}: README says {p} / {s}, compiler {passes} / {split}"
+            ));
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));

@@ -10,6 +10,8 @@
 //!   (`(a * b) + c` → `a * b + c`, `a - (b - c)` kept). An `if` used as an operand, or as the
 //!   condition or `then` branch of another `if`, is parenthesized for readability.
 //! - Number literals are printed as written (`1e-4` stays `1e-4`).
+//! - A `fn` result that starts with `-` after `let`s is parenthesized (`(-d - 1)`): on its own
+//!   line it would continue the last `let` (the source may have separated them with `;`).
 //! - Comments stay where they were relative to items, statements and parameters: a comment on
 //!   the line of a statement stays at its end; comments between statements stay between them; a
 //!   comment *inside* an expression moves to its own line just before that statement. Blank lines
@@ -350,7 +352,13 @@ impl<'a> Printer<'a> {
                 }
                 Elem::Result(r) => {
                     self.out.push_str(INDENT);
-                    self.expr(r);
+                    let text = expr_text(r, self.src);
+                    if i > 0 && text.starts_with('-') {
+                        // A line starting with `-` would continue the `let` above it.
+                        let _ = write!(self.out, "({text})");
+                    } else {
+                        self.out.push_str(&text);
+                    }
                 }
             }
             let limit = elems

@@ -198,16 +198,41 @@ fn own_cross(e: &Expr) -> bool {
 }
 
 fn describe(m: &Module, h: Handle<Expr>) -> String {
-    let what = match m.exprs.get(h) {
-        Some(Expr::Reduce { op, to, .. }) => format!("a {op:?} reduction to `{to}`").to_lowercase(),
-        Some(Expr::Quantile { to, .. }) => format!("a quantile over each `{to}`"),
-        Some(Expr::Rank { within, .. }) => format!("a rank within each `{within}`"),
-        Some(Expr::PosReduce { .. }) => "a per-position group reduction".into(),
-        Some(Expr::Broadcast { .. }) => "a partial sum broadcast back to finer elements".into(),
-        Some(_) => "a non-linear use of a sum over sequences".into(),
-        None => "a value".into(),
-    };
-    format!("{what} of values that depend on a `diff` input: a micro-batch sees only part of it")
+    const DEP: &str = "a value that depends on a `diff` input";
+    match m.exprs.get(h) {
+        Some(Expr::Reduce {
+            op: ReduceOp::Sum,
+            to,
+            ..
+        }) => format!(
+            "sum over each `{to}` of a per-group {DEP}: a group cut across micro-batches would \
+             be counted once per micro-batch"
+        ),
+        Some(Expr::Reduce { op, to, .. }) => format!(
+            "{} over each `{to}` of {DEP}: a micro-batch sees only some of its elements, and \
+             a {} does not add up over micro-batches",
+            format!("{op:?}").to_lowercase(),
+            format!("{op:?}").to_lowercase()
+        ),
+        Some(Expr::Quantile { to, .. }) => {
+            format!("quantile over each `{to}` of {DEP}: it needs every sequence at once")
+        }
+        Some(Expr::Rank { within, .. }) => {
+            format!("rank within each `{within}` of {DEP}: it needs every sequence at once")
+        }
+        Some(Expr::PosReduce { .. }) => {
+            format!("per-position group reduction of {DEP}: it needs the whole group at once")
+        }
+        Some(Expr::Broadcast { arg, to }) => format!(
+            "this per-`{}` sum of {DEP} is used for each `{to}`: a micro-batch sees only its \
+             own part of the sum",
+            m.level(*arg)
+        ),
+        _ => format!(
+            "non-linear use of a sum over sequences of {DEP}: only sums, scaled by values of \
+             non-diff inputs, add up over micro-batches"
+        ),
+    }
 }
 
 /// Runs the analysis. `Err` explains the first root that breaks exactness.
@@ -546,7 +571,7 @@ mod tests {
         let m = b.done(mx, logp);
         let e = analyze(&m).expect_err("not splittable");
         assert_eq!(e.root, "loss");
-        assert!(e.message.contains("max reduction"), "{}", e.message);
+        assert!(e.message.contains("max over each `batch`"), "{}", e.message);
     }
 
     #[test]
@@ -570,7 +595,7 @@ mod tests {
         let loss = b.sum(x, Level::Batch);
         let m = b.done(loss, logp);
         let e = analyze(&m).expect_err("not splittable");
-        assert!(e.message.contains("broadcast"), "{}", e.message);
+        assert!(e.message.contains("used for each `seq`"), "{}", e.message);
     }
 
     #[test]

@@ -164,7 +164,7 @@ fn libfns(x: &Ctx) -> Out {
             }
         }
     }
-    let hq = quantile(&cs(&h.concat()), 0.3).v;
+    let hq = quantile(&cs(&h.concat()), 1.0 - 0.3).v;
     let top: Vec<f64> = h.concat().iter().map(|&v| f64::from(v >= hq)).collect();
     let disc: Vec<f64> = (0..b.b())
         .flat_map(|i| (0..b.len[i]).map(|t| 0.9f64.powi(t as i32)))

@@ -235,7 +235,9 @@ fn riskpo(x: &Ctx) -> Out {
         let sd = std(&cs(&v), true).v;
         for (&i, &s) in m.iter().zip(&v) {
             let pos = |z: f64| z.max(0.0);
-            let rvar = (pos(s - qa) - pos(s - qb) + qa - qb) / (be - al + 1e-6);
+            // The catalog's ≡ form (clamp(S, q_α, q_β) − q_β); its sum-of-hinges form differs by
+            // rounding where it should be 0, which flips clip indicators of zero advantages.
+            let rvar = (s.clamp(qa, qb) - qb) / (be - al + 1e-6);
             let cvar = -pos(qa - s) / al;
             let mixed = (wm * cvar + rvar) / (wm + 1.0);
             let up = pos(s - qb) / (1.0 - be);

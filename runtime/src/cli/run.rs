@@ -77,7 +77,12 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, CliError> {
                 .map_err(|e| e.to_string())?;
         rlo_runtime::microbatch::evaluate(&obj, &bound.batch, &params, a.backend, &sizes)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        rlo_runtime::RuntimeError::NotSplittable { explanation, .. } => {
+            CliError::Rendered(explanation)
+        }
+        e => CliError::Plain(e.to_string()),
+    })?;
 
     let m = &obj.compiled.module;
     outln!("loss = {}", eval.loss);
