@@ -283,7 +283,10 @@ fn run(args: Args) -> Result<()> {
     }
     pb.finish_and_clear();
     let rl_s = t_rl.elapsed().as_secs_f64();
-    let acc_after = tr.greedy_accuracy(256)?;
+    let (acc_after, texts) = tr.greedy_eval(256)?;
+    for t in texts.iter().take(4) {
+        eprintln!("  {t}");
+    }
 
     tr.save(&out.checkpoint())?;
     let rewards: Vec<f64> = logs.iter().map(|l| l.reward).collect();

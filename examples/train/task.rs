@@ -32,7 +32,9 @@ pub fn decode(ids: &[u32]) -> String {
             EOS => "</s>".to_string(),
             PLUS => "+".to_string(),
             EQUALS => "=".to_string(),
-            d if (DIGIT0..DIGIT0 + 10).contains(&d) => ((d - DIGIT0) as u8 + b'0').to_string(),
+            d if (DIGIT0..DIGIT0 + 10).contains(&d) => {
+                char::from((d - DIGIT0) as u8 + b'0').to_string()
+            }
             _ => "?".to_string(),
         })
         .collect()

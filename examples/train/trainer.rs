@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::loss::{LossInputs, PolicyLoss};
 use crate::model::{Config, Model};
 use crate::rollout::{self, completion_logits, masked_mean, Rollouts};
-use crate::task::{Addition, RewardKind};
+use crate::task::{decode, Addition, RewardKind, EOS};
 use crate::Result;
 
 /// Hyper-parameters of a run (the CLI fills it; tests build small ones).
@@ -184,6 +184,11 @@ impl Trainer {
 
     /// Fraction of `n` fresh problems solved with greedy decoding.
     pub fn greedy_accuracy(&mut self, n: usize) -> Result<f64> {
+        Ok(self.greedy_eval(n)?.0)
+    }
+
+    /// Greedy accuracy on `n` fresh problems and the decoded text of every completion.
+    pub fn greedy_eval(&mut self, n: usize) -> Result<(f64, Vec<String>)> {
         let sampler = snapshot(&self.varmap, &self.model_cfg, &self.device, false)?;
         let problems: Vec<_> = (0..n).map(|_| self.task.sample(&mut self.rng)).collect();
         let prompts: Vec<_> = problems.iter().map(|p| self.task.prompt(p)).collect();
@@ -195,12 +200,16 @@ impl Trainer {
             1e-6,
             &mut self.rng,
         )?;
-        let solved: f64 = problems
-            .iter()
-            .zip(&r.completions)
-            .map(|(p, c)| self.task.reward(p, c, RewardKind::Exact))
-            .sum();
-        Ok(solved / n.max(1) as f64)
+        let mut solved = 0.0;
+        let mut texts = Vec::with_capacity(n);
+        for ((p, prompt), c) in problems.iter().zip(&prompts).zip(&r.completions) {
+            let ok = self.task.reward(p, c, RewardKind::Exact);
+            solved += ok;
+            let mark = if ok == 1.0 { "ok" } else { "wrong" };
+            let end = c.iter().position(|&t| t == EOS).map_or(c.len(), |e| e + 1);
+            texts.push(format!("{} {} ({mark})", decode(prompt), decode(&c[..end])));
+        }
+        Ok((solved / n.max(1) as f64, texts))
     }
 
     /// One RL step with `loss`.
