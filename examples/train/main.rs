@@ -55,9 +55,13 @@ struct Args {
     /// RL steps.
     #[arg(long, default_value_t = 80)]
     steps: usize,
-    /// Supervised warm-up steps before RL (skipped with --resume).
-    #[arg(long, default_value_t = 500)]
+    /// Most supervised warm-up steps before RL (skipped with --resume).
+    #[arg(long, default_value_t = 1500)]
     sft_steps: usize,
+    /// End the warm-up once greedy accuracy (128 fresh problems, checked every 25 steps) reaches
+    /// this, so that RL starts from a policy that sometimes succeeds; 0 = run all --sft-steps.
+    #[arg(long, default_value_t = 0.3)]
+    sft_target: f64,
     #[arg(long, default_value_t = 64)]
     sft_batch: usize,
     #[arg(long, default_value_t = 3e-3)]
@@ -228,18 +232,28 @@ fn run(args: Args) -> Result<()> {
     let mut tr = Trainer::new(cfg.clone(), args.resume.as_deref(), device)?;
     eprintln!("loss: {}", loss.describe());
 
+    let mut sft_done = 0;
     if args.resume.is_none() && cfg.sft_steps > 0 {
         let pb = bar(cfg.sft_steps, args.quiet, "warm-up");
         let mut last = 0.0;
-        for _ in 0..cfg.sft_steps {
+        let mut done = 0;
+        for i in 1..=cfg.sft_steps {
             last = tr.sft_step()?;
+            done = i;
             pb.set_message(format!("nll {last:.3}"));
             pb.inc(1);
+            if args.sft_target > 0.0 && i % 25 == 0 {
+                let acc = tr.greedy_accuracy(128)?;
+                pb.set_message(format!("nll {last:.3} greedy accuracy {acc:.2}"));
+                if acc >= args.sft_target {
+                    break;
+                }
+            }
         }
         pb.finish_and_clear();
+        sft_done = done;
         eprintln!(
-            "warm-up: {} steps, final nll/token {last:.3}, {:.1}s",
-            cfg.sft_steps,
+            "warm-up: {done} steps, final nll/token {last:.3}, {:.1}s",
             t_start.elapsed().as_secs_f64()
         );
     }
@@ -310,6 +324,7 @@ fn run(args: Args) -> Result<()> {
         "objective": args.objective.display().to_string(),
         "loss": loss.describe(),
         "config": cfg,
+        "sft_steps_run": sft_done,
         "reward_first10": first,
         "reward_last10": last,
         "greedy_acc_before_rl": acc_before,

@@ -49,7 +49,7 @@ impl Default for TrainConfig {
             hidden: 64,
             layers: 2,
             heads: 4,
-            sft_steps: 500,
+            sft_steps: 1500,
             sft_batch: 64,
             sft_lr: 3e-3,
             steps: 80,
