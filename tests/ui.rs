@@ -126,3 +126,92 @@ fn valid_programs_match_their_ir() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Mutated valid programs (words swapped for other names, builtins, levels or literals; lines
+/// dropped): the front end never panics, and whatever it accepts is valid IR.
+#[test]
+fn mutated_programs_never_panic_and_accepted_ones_validate() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let vocab = [
+        "x",
+        "logp",
+        "reward",
+        "tok",
+        "seq",
+        "group",
+        "batch",
+        "bool",
+        "f32",
+        "true",
+        "0",
+        "1e-4",
+        "inf",
+        "pos",
+        "seq_len",
+        "group_mean",
+        "seq_sum",
+        "batch_mean",
+        "clamp",
+        "where",
+        "exp",
+        "detach",
+        "group_rank",
+        "seq_cumsum",
+        "group_quantile",
+        "k3",
+        "diff",
+        "float",
+    ];
+    let mut sources_text: Vec<String> = rlo_files(&ui_dir().join("pass"))
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .chain(
+            rlo_compiler::stdlib::module_names()
+                .filter_map(rlo_compiler::stdlib::module_source)
+                .map(str::to_string),
+        )
+        .collect();
+    sources_text.sort();
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut accepted = 0;
+    for round in 0..300 {
+        let Some(base) = sources_text.get(round % sources_text.len()) else {
+            continue;
+        };
+        let mut words: Vec<String> = base.split(' ').map(str::to_string).collect();
+        for _ in 0..rng.random_range(0..2) {
+            let i = rng.random_range(0..words.len());
+            let w = vocab[rng.random_range(0..vocab.len())];
+            if let Some(slot) = words.get_mut(i) {
+                let trailing: String = slot.chars().filter(|c| *c == '\n').collect();
+                *slot = format!("{w}{trailing}");
+            }
+        }
+        let mut text = words.join(" ");
+        if rng.random_bool(0.3) {
+            let lines: Vec<&str> = text.lines().collect();
+            let drop = rng.random_range(0..lines.len());
+            text = lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != drop)
+                .map(|(_, l)| *l)
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        let mut sources = SourceMap::new();
+        let id = sources.add("m.rlo", text.clone());
+        let Ok(ast) = rlo_grammar::parse(&text, id) else {
+            continue;
+        };
+        let opts = Options::default();
+        if let Ok(c) = front::analyze(&ast, &mut sources, &opts) {
+            accepted += 1;
+            if let Err(e) = rlo_compiler::valid::validate(&c.module) {
+                panic!("invalid IR ({e}) for:\n{text}");
+            }
+        }
+    }
+    // Some mutants must survive, or the test checks nothing about accepted programs.
+    assert!(accepted > 10, "only {accepted} mutants accepted");
+}

@@ -82,10 +82,11 @@ impl Layout {
                 b + 1
             ));
         }
-        if self.seq_offsets.windows(2).any(|w| w[0] > w[1]) {
+        let monotone = |v: &[usize]| v.windows(2).all(|w| w.first() <= w.get(1));
+        if !monotone(&self.seq_offsets) {
             return Err("seq_offsets must be non-decreasing".into());
         }
-        if self.turn_offsets.windows(2).any(|w| w[0] > w[1]) {
+        if !monotone(&self.turn_offsets) {
             return Err("turn_offsets must be non-decreasing".into());
         }
         if self.tok_turn.len() != self.n_tokens() {
@@ -94,11 +95,16 @@ impl Layout {
         if self.seq_group.len() != b {
             return Err(format!("seq_group must have {b} entries"));
         }
-        for s in 0..b {
-            let (t0, t1) = (self.seq_offsets[s], self.seq_offsets[s + 1]);
-            let (k0, k1) = (self.turn_offsets[s], self.turn_offsets[s + 1]);
+        let seqs = self
+            .seq_offsets
+            .windows(2)
+            .zip(self.turn_offsets.windows(2));
+        for (s, (toks, turns)) in seqs.enumerate() {
+            let (&[t0, t1], &[k0, k1]) = (toks, turns) else {
+                continue;
+            };
             let mut prev = k0;
-            for &k in &self.tok_turn[t0..t1] {
+            for &k in self.tok_turn.get(t0..t1).unwrap_or(&[]) {
                 let k = k as usize;
                 if k < prev || k >= k1 {
                     return Err(format!(

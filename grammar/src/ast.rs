@@ -3,7 +3,8 @@
 //! Produced by `parse`, consumed by the compiler's resolver/checker and by the formatter. Comments
 //! are not nodes: they are kept in [`File::comments`] (with spans) so `fmt` can put them back.
 //! Doc comments (`///`) are attached to the item, parameter or statement that follows them, one
-//! `String` per line, without the `///` and one following space (`/// text` → `"text"`).
+//! `String` per line, without the `///` and one following space (`/// text` → `"text"`). The span
+//! of a documented node starts after its doc comments, at its first token.
 
 use crate::span::Span;
 use serde::Serialize;

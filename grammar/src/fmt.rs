@@ -9,6 +9,9 @@
 //! - Parentheses: the user's are dropped and the minimal ones the precedence needs are printed
 //!   (`(a * b) + c` → `a * b + c`, `a - (b - c)` kept). An `if` used as an operand, or as the
 //!   condition or `then` branch of another `if`, is parenthesized for readability.
+//! - A statement longer than 100 columns is broken: before each `else` of an `if` chain, before
+//!   each operator of a same-precedence chain, or one call argument per line (continuation lines
+//!   indented by 8; a newline never ends an expression, so the text re-parses the same).
 //! - Number literals are printed as written (`1e-4` stays `1e-4`).
 //! - A `fn` result that starts with `-` after `let`s is parenthesized (`(-d - 1)`): on its own
 //!   line it would continue the last `let` (the source may have separated them with `;`).
@@ -26,6 +29,10 @@ use std::fmt::Write;
 
 const INDENT: &str = "    ";
 const MAX_HEADER: usize = 100;
+/// Statements longer than this are broken over several lines (best effort).
+const MAX_WIDTH: usize = 100;
+/// Start of a continuation line of a statement (statements sit at one indent, so two).
+const CONT: &str = "\n        ";
 
 /// Formats a parsed file in canonical layout, comments preserved.
 pub fn format_file(file: &ast::File, src: &str) -> String {
@@ -352,12 +359,13 @@ impl<'a> Printer<'a> {
                 }
                 Elem::Result(r) => {
                     self.out.push_str(INDENT);
-                    let text = expr_text(r, self.src);
-                    if i > 0 && text.starts_with('-') {
+                    if i > 0 && expr_text(r, self.src).starts_with('-') {
                         // A line starting with `-` would continue the `let` above it.
-                        let _ = write!(self.out, "({text})");
+                        self.out.push('(');
+                        self.expr(r);
+                        self.out.push(')');
                     } else {
-                        self.out.push_str(&text);
+                        self.expr(r);
                     }
                 }
             }
@@ -409,9 +417,16 @@ impl<'a> Printer<'a> {
         }
     }
 
+    /// A statement's expression: on the current line if it fits in [`MAX_WIDTH`], else broken
+    /// (see [`broken_text`]).
     fn expr(&mut self, e: &Expr) {
-        let s = expr_text(e, self.src);
-        self.out.push_str(&s);
+        let col = self.out.len() - self.out.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let text = expr_text(e, self.src);
+        if col + text.len() <= MAX_WIDTH {
+            self.out.push_str(&text);
+        } else {
+            self.out.push_str(&broken_text(e, self.src));
+        }
     }
 }
 
@@ -562,6 +577,88 @@ fn write_expr(out: &mut String, e: &Expr, src: &str) {
             write_expr(out, otherwise, src);
         }
     }
+}
+
+/// A long expression over several lines; every continuation line starts with an operator,
+/// `else` or an argument, so it re-parses to the same tree (a newline never ends an expression):
+/// - an `if` chain breaks before each `else`;
+/// - a chain of binary operators of one precedence breaks before each operator;
+/// - a call puts one argument per line (trailing comma), `)` on a line of its own.
+///
+/// Anything else, and the pieces themselves, stay on one line.
+fn broken_text(e: &Expr, src: &str) -> String {
+    let mut out = String::new();
+    let e = strip(e);
+    match &e.kind {
+        ExprKind::If { .. } => {
+            let mut cur = e;
+            while let ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } = &cur.kind
+            {
+                out.push_str("if ");
+                write_child(&mut out, cond, prec(cond) == 0, src);
+                out.push_str(" then ");
+                write_child(&mut out, then, prec(then) == 0, src);
+                out.push_str(CONT);
+                out.push_str("else ");
+                cur = strip(otherwise);
+            }
+            write_expr(&mut out, cur, src);
+        }
+        ExprKind::Binary { op, .. } => {
+            let p = op.precedence();
+            let chain = *op != ast::BinaryOp::Pow && p != 3;
+            // Walk down the left spine of same-precedence (left-associative) operators.
+            let mut rest: Vec<(ast::BinaryOp, &Expr)> = Vec::new();
+            let mut cur = e;
+            while let ExprKind::Binary { op, lhs, rhs } = &cur.kind {
+                if op.precedence() != p {
+                    break;
+                }
+                rest.push((*op, rhs));
+                cur = strip(lhs);
+                if !chain {
+                    break;
+                }
+            }
+            let (first_op, _) = rest.last().copied().unwrap_or((*op, e));
+            let pl = prec(cur);
+            let right_assoc = first_op == ast::BinaryOp::Pow;
+            write_child(
+                &mut out,
+                cur,
+                pl < p || (pl == p && (right_assoc || !chain)),
+                src,
+            );
+            for (op, rhs) in rest.iter().rev() {
+                let _ = write!(out, "{CONT}{} ", op.symbol());
+                let pr = prec(rhs);
+                let paren = if *op == ast::BinaryOp::Pow {
+                    pr < 6
+                } else {
+                    pr <= p
+                };
+                write_child(&mut out, rhs, paren, src);
+            }
+        }
+        ExprKind::Call { callee, args } if !args.is_empty() => {
+            let _ = write!(out, "{}(", callee.name);
+            for a in args {
+                out.push_str(CONT);
+                if let Some(n) = &a.name {
+                    let _ = write!(out, "{}: ", n.name);
+                }
+                write_expr(&mut out, &a.value, src);
+                out.push(',');
+            }
+            let _ = write!(out, "\n{INDENT})");
+        }
+        _ => write_expr(&mut out, e, src),
+    }
+    out
 }
 
 fn write_child(out: &mut String, e: &Expr, paren: bool, src: &str) {

@@ -1,7 +1,12 @@
 //! rlo-grammar: text → AST. The only crate that depends on pest.
 //!
-//! `parse(src, file)` returns the AST of one file or every syntax error found, as [`Diagnostic`]s.
-//! `fmt::format_file` prints an AST back in canonical layout, comments preserved.
+//! - [`parse`]`(src, file)` returns the AST of one file or its syntax errors, as [`Diagnostic`]s
+//!   (codes E0001–E0012, see README.md); never panics, never overflows the stack.
+//! - [`fmt::format_file`] prints an AST back in canonical layout, comments preserved.
+//! - [`ast_dump`] / [`expr_dump`]: compact S-expressions for snapshot tests.
+//! - [`cmp::same_modulo_layout`]: AST equality up to spans, parentheses and layout.
+//!
+//! `README.md` has the file table, the EBNF summary of the grammar and the formatter's rules.
 
 pub mod ast;
 pub mod cmp;

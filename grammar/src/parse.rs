@@ -205,6 +205,19 @@ impl Builder<'_> {
         Span::new(self.file, start, end)
     }
 
+    /// The span of an item, parameter or statement: from its first token after its doc
+    /// comments (diagnostics point at the code, not at the documentation).
+    fn span_after_docs(&self, p: &Pair<Rule>) -> Span {
+        let full = self.span(p);
+        let start = p
+            .clone()
+            .into_inner()
+            .find(|c| c.as_rule() != Rule::doc_comment)
+            .map(|c| c.as_span().start())
+            .unwrap_or(full.start as usize);
+        Span::new(self.file, start, full.end as usize)
+    }
+
     fn ident(&self, p: Pair<Rule>) -> Ident {
         // `name` and `arg_name` wrap an `ident`; `callee` is atomic and its text is the name.
         let span = self.span(&p);
@@ -294,7 +307,7 @@ impl Builder<'_> {
     }
 
     fn param(&mut self, p: Pair<Rule>) -> Option<ast::FnParam> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let mut doc = Vec::new();
         let mut name = None;
         let mut ty = None;
@@ -332,7 +345,7 @@ impl Builder<'_> {
     }
 
     fn fn_decl(&mut self, p: Pair<Rule>) -> Option<ast::FnDecl> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let (doc, name, params, rest) = self.header(p);
         let block = rest.into_iter().find(|c| c.as_rule() == Rule::block)?;
         let block_span = self.span(&block);
@@ -383,7 +396,7 @@ impl Builder<'_> {
     }
 
     fn objective_decl(&mut self, p: Pair<Rule>) -> Option<ast::ObjectiveDecl> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let (doc, name, params, rest) = self.header(p);
         let params = params
             .into_iter()
@@ -415,7 +428,7 @@ impl Builder<'_> {
     }
 
     fn stmt(&mut self, p: Pair<Rule>) -> Option<ast::Stmt> {
-        let span = self.span(&p);
+        let span = self.span_after_docs(&p);
         let mut doc = Vec::new();
         let mut kind = None;
         for c in p.into_inner() {

@@ -60,3 +60,37 @@ fn spans_cover_the_node_text() {
     assert_eq!(file.comments.len(), 1);
     assert_eq!(&src[file.comments[0].span.range()], "// c");
 }
+
+#[test]
+fn documented_nodes_span_from_their_first_token() {
+    let src = "/// f doc\nfn f(\n    /// p doc\n    p,\n) {\n    p\n}\n\nobjective o() {\n    /// s doc\n    loss f(1)\n}\n";
+    let file = parse(src, FileId(0)).expect("parses");
+    let ast::Item::Fn(f) = &file.items[0] else {
+        panic!()
+    };
+    assert_eq!(f.doc, ["f doc"]);
+    assert!(src[f.span.range()].starts_with("fn f("));
+    assert_eq!(f.params[0].doc, ["p doc"]);
+    assert_eq!(&src[f.params[0].span.range()], "p");
+    let ast::Item::Objective(o) = &file.items[1] else {
+        panic!()
+    };
+    assert_eq!(o.body[0].doc, ["s doc"]);
+    assert_eq!(&src[o.body[0].span.range()], "loss f(1)");
+}
+
+#[test]
+fn several_syntax_errors_are_reported() {
+    let src = "fn a(x) {\n    x +\n}\n\nobjective b() {\n    loss (1 + )\n}\n\nobjective c() {\n    loss 1\n}\n";
+    let errs = parse(src, FileId(0)).expect_err("two broken items");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    let lines: Vec<usize> = errs
+        .iter()
+        .map(|d| {
+            1 + src[..d.primary_span().expect("span").start as usize]
+                .matches('\n')
+                .count()
+        })
+        .collect();
+    assert_eq!(lines, [3, 6]);
+}

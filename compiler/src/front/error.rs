@@ -88,6 +88,8 @@ pub enum FrontError {
         func: String,
         max: usize,
         found: usize,
+        /// A parameter only accepted by name (`where`), for the hint.
+        named_only: Option<&'static str>,
     },
     #[error("missing argument")]
     MissingArg {
@@ -387,11 +389,21 @@ impl FrontError {
                 func,
                 max,
                 found,
-            } => Diagnostic::error(
-                "E0205",
-                format!("`{func}` takes at most {max} positional argument{}, found {found}", if *max == 1 { "" } else { "s" }),
-            )
-            .with_primary(*span, "unexpected argument"),
+                named_only,
+            } => {
+                let d = Diagnostic::error(
+                    "E0205",
+                    format!(
+                        "`{func}` takes at most {max} positional argument{}, found {found}",
+                        if *max == 1 { "" } else { "s" }
+                    ),
+                )
+                .with_primary(*span, "unexpected argument");
+                match named_only {
+                    Some(n) => d.with_help(format!("`{n}` is passed by name: `{func}(x, {n}: ...)`")),
+                    None => d,
+                }
+            }
             MissingArg { span, func, param } => {
                 Diagnostic::error("E0206", format!("missing argument `{param}` of `{func}`"))
                     .with_primary(*span, format!("`{param}` is required"))
@@ -439,7 +451,7 @@ impl FrontError {
                 found,
             } => Diagnostic::error(
                 "E0213",
-                format!("parameter `{param}` is declared `{expected}`, but the argument is at the finer level `{found}`"),
+                format!("parameter `{param}` must be at `{expected}` or coarser, but the argument is at the finer level `{found}`"),
             )
             .with_primary(*span, format!("this is a `{found}` value"))
             .with_help(format!("reduce it first, e.g. `{}(...)`", reduce_fn(*expected))),

@@ -11,6 +11,7 @@ pub mod builtins;
 pub mod check;
 pub mod error;
 pub mod lower;
+pub mod objective;
 pub mod resolve;
 
 use crate::{ir::Module, Options};
@@ -78,11 +79,14 @@ pub fn analyze(
 
     let mut module = None;
     for (i, o) in objectives.iter().enumerate() {
-        let (m, reported, warns) = check::objective(&prog, o);
+        let (m, reported, warns) = objective::objective(&prog, o);
         for r in reported {
             let mut d = r.error.to_diagnostic();
             if let Some((span, name)) = r.call_site {
                 d = d.with_secondary(span, format!("in this call of `{name}`"));
+            }
+            if let Some((span, name)) = r.root_site {
+                d = d.with_secondary(span, format!("reached from this call of `{name}`"));
             }
             diags.push(d);
         }
