@@ -346,3 +346,28 @@ fn stdlib_objectives_give_finite_nonzero_weight_gradients() {
         assert!(norm > 0.0, "{name}: all weight gradients are zero");
     }
 }
+
+#[test]
+fn cpu_backend_weight_gradients_equal_candle_grpo() {
+    // The Cranelift backend (f32) through the same op.
+    let f = fixture();
+    let (v_ref, want) = weight_grads(
+        &f,
+        &mut CandleGrpo {
+            eps: 0.2,
+            beta: 0.04,
+        },
+    );
+    let mut rlo = RloObjective::new("grpo_inline.rlo", GRPO, None, &[], Backend::Cpu).unwrap();
+    let (v_cpu, got) = weight_grads(&f, &mut rlo);
+    assert!((v_cpu - v_ref).abs() <= 1e-5 * v_ref.abs().max(1e-3));
+    let mut worst = 0f64;
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        let rel = max_rel_diff(g, w);
+        worst = worst.max(rel);
+        assert!(rel <= 1e-5, "{name}: relative difference {rel}");
+    }
+    eprintln!(
+        "cpu backend vs candle GRPO: largest relative weight-gradient difference {worst:.2e}"
+    );
+}
