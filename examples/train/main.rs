@@ -101,7 +101,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output directory: checkpoint, plot, per-step log, summary.
-    #[arg(long, default_value = "runs/train")]
+    #[arg(long, default_value = "out/train")]
     out: PathBuf,
     /// Start from this checkpoint (skips the warm-up; it is also the KL reference).
     #[arg(long)]
