@@ -159,6 +159,20 @@ fn check_source(name: &str, text: &str) {
                     continue;
                 }
             };
+            if seed == SEEDS[0] && ci == 0 {
+                // The runtime's entry point (what the CLI and the training loop call) gives the
+                // interpreter's result.
+                let obj = rlo_runtime::Objective {
+                    compiled: c.clone(),
+                };
+                match obj.evaluate(&batch, &pvec, rlo_runtime::Backend::Interp) {
+                    Ok(rt) if rt == ev => {}
+                    Ok(_) => chk
+                        .errors
+                        .push(format!("{at}: runtime result differs from interp")),
+                    Err(e) => chk.errors.push(format!("{at}: runtime error {e}")),
+                }
+            }
             let ctx = |seed_at| Ctx {
                 b: &pad,
                 params: &params,
@@ -309,7 +323,7 @@ fn every_stdlib_file_checks() {
             .to_string();
         let text = std::fs::read_to_string(&p).expect("readable");
         let mut sources = rlo_grammar::SourceMap::new();
-        let file = sources.add(&format!("stdlib/{stem}.rlo"), &text);
+        let file = sources.add(format!("stdlib/{stem}.rlo"), &text);
         match rlo_grammar::parse(&text, file) {
             Err(d) => errors.push(rlo_grammar::diagnostic::render_all(&d, &sources, false)),
             Ok(ast) => {
@@ -317,12 +331,22 @@ fn every_stdlib_file_checks() {
                     .items
                     .iter()
                     .any(|i| matches!(i, rlo_grammar::ast::Item::Objective(_)));
+                let result = compile(&format!("stdlib/{stem}.rlo"), &text, &Options::default());
                 if is_objective {
                     objectives.push(stem.clone());
-                    if let Err(f) =
-                        compile(&format!("stdlib/{stem}.rlo"), &text, &Options::default())
-                    {
+                    if let Err(f) = result {
                         errors.push(f.render(false));
+                    }
+                } else {
+                    // A library module resolves and checks except for having no objective (its
+                    // functions are level-polymorphic: their bodies are checked at each call,
+                    // which the objectives and `library_functions` exercise).
+                    match result {
+                        Ok(_) => {
+                            errors.push(format!("stdlib/{stem}.rlo compiled without an objective"))
+                        }
+                        Err(f) if f.diagnostics.iter().all(|d| d.code == "E0303") => {}
+                        Err(f) => errors.push(f.render(false)),
                     }
                 }
             }
@@ -422,7 +446,7 @@ fn reference_gradients_match_finite_differences() {
 /// tokens feeds a per-token gradient coefficient, one more for each chained token statistic
 /// (a batch variance over tokens needs their mean first: PPO/REINFORCE++ whitening, IGPO's turn
 /// z-scores; Clip-/KL-Cov rank a covariance that needs batch means). The scheduler must not need
-/// more, and every objective reads its tokens at least once.
+/// more, and every objective reads its tokens at least once. No objective compiles with warnings.
 const REASONED_PASSES: &[(&str, usize)] = &[
     ("ppo", 3),
     ("grpo", 1),
@@ -463,6 +487,9 @@ fn schedules_need_no_more_passes_than_reasoned() {
     for &(name, want) in REASONED_PASSES {
         let c = compile(&format!("{name}.rlo"), &source(name), &Options::default())
             .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
+        for w in &c.warnings {
+            errors.push(format!("{name}: warning {} {}", w.code, w.message));
+        }
         let got = c.schedule.token_passes();
         eprintln!("{name}: {got} token passes");
         if got == 0 || got > want {
@@ -511,4 +538,45 @@ fn readme_table_matches_the_compiler() {
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// The generated batches hold the cases the references are meant to exercise.
+#[test]
+fn batches_cover_the_edge_cases() {
+    use stdlib_ref::batch::Shape;
+    for shape in [Shape::Policy, Shape::Turns, Shape::Groups4, Shape::Pairs] {
+        for seed in SEEDS {
+            let p = generate(seed, shape);
+            let at = format!("{shape:?} seed {seed}");
+            assert!(p.len.contains(&1), "{at}: no length-1 sequence");
+            let (lp, old) = (&p.tok["logp"], &p.tok["old_logp"]);
+            let big =
+                (0..p.b()).any(|i| (0..p.len[i]).any(|t| (lp[i][t] - old[i][t]).abs() >= 5.0));
+            assert!(big, "{at}: no large log-ratio");
+            let sizes: Vec<usize> = (0..p.n_groups).map(|g| p.members(g).len()).collect();
+            let r = &p.seq["reward"];
+            match shape {
+                Shape::Pairs => assert!(sizes.iter().all(|&s| s == 2), "{at}: not pairs"),
+                Shape::Policy | Shape::Turns | Shape::Groups4 => {
+                    let equal = (0..p.n_groups).any(|g| {
+                        let m = p.members(g);
+                        m.len() > 1 && m.iter().all(|&i| r[i] == r[m[0]])
+                    });
+                    assert!(equal, "{at}: no group of equal rewards");
+                    if shape != Shape::Groups4 {
+                        assert!(sizes.contains(&1), "{at}: no group of one");
+                    }
+                }
+            }
+            if shape == Shape::Policy && seed == 3 {
+                assert!(p.len.contains(&0), "{at}: no empty sequence");
+            }
+            if shape == Shape::Turns {
+                assert!(
+                    p.n_turns.iter().any(|&k| k > 1),
+                    "{at}: no multi-turn sequence"
+                );
+            }
+        }
+    }
 }

@@ -7,6 +7,12 @@ pub enum RuntimeError {
     UnknownParam { name: String, known: Vec<String> },
     #[error("{0}")]
     Unsupported(String),
+    #[error("objective `{objective}` takes {expected} parameter values, got {got}")]
+    ParamCount {
+        objective: String,
+        expected: usize,
+        got: usize,
+    },
 
     // ---- files ----
     #[error("{path}: {message}")]
@@ -52,6 +58,13 @@ pub enum RuntimeError {
     GroupSize { size: usize, message: String },
 
     // ---- evaluation ----
+    #[error("batch input `{name}` has {got} values; its level `{level}` has {expected} elements")]
+    InputLength {
+        name: String,
+        level: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("interpreter: {0}")]
     Interp(String),
     #[error("evaluation returned {got} values for `{name}`, expected {expected}")]
@@ -71,4 +84,27 @@ pub enum RuntimeError {
     },
     #[error("micro-batch split: {0}")]
     Split(String),
+
+    // ---- cuda (cuda.rs) ----
+    /// No usable CUDA driver, GPU or NVRTC library; says which and how to fix it.
+    #[error("cuda unavailable: {0}")]
+    CudaUnavailable(String),
+    /// NVRTC rejected the generated source: its log, the options, and where the source was written.
+    #[error("NVRTC could not compile the generated CUDA (source written to {source_path}, options {options:?}):\n{log}")]
+    Nvrtc {
+        log: String,
+        source_path: String,
+        options: Vec<String>,
+    },
+    /// The CUDA code generator rejected the objective (unsupported construct), at a source location.
+    #[error("cuda codegen: {location}: {message}")]
+    CudaCodegen { location: String, message: String },
+    /// A CUDA driver call failed (allocation, copy, module load, launch).
+    #[error("cuda: {0}")]
+    Cuda(String),
+
+    // ---- cpu (cpu.rs) ----
+    /// The CPU (Cranelift) backend failed: codegen, JIT, or a batch it cannot bind.
+    #[error(transparent)]
+    Cpu(#[from] crate::cpu::CpuError),
 }

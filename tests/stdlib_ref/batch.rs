@@ -84,11 +84,11 @@ impl Pad {
         let mut turn_offsets = vec![0];
         let mut tok_turn = Vec::new();
         for i in 0..b {
-            let t0 = *turn_offsets.last().unwrap();
+            let t0 = *turn_offsets.last().expect("starts at 0");
             for t in 0..self.len[i] {
                 tok_turn.push((t0 + self.tok_turn[i][t]) as u32);
             }
-            seq_offsets.push(seq_offsets.last().unwrap() + self.len[i]);
+            seq_offsets.push(seq_offsets.last().expect("starts at 0") + self.len[i]);
             turn_offsets.push(t0 + self.n_turns[i]);
         }
         let layout = Layout {
@@ -124,7 +124,8 @@ fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
     }
 }
 
-/// A seeded random batch of the given shape. Every batch has: a group whose rewards are all equal,
+/// A seeded random batch of the given shape. Every batch has: a group whose rewards are all equal
+/// (not Pairs), an empty sequence (seed 3, Policy),
 /// a group of one (Policy/Turns), a length-1 sequence, and tokens whose log-ratio
 /// |logp − old_logp| lies in 5..20.
 pub fn generate(seed: u64, shape: Shape) -> Pad {
@@ -143,6 +144,12 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let mut len: Vec<usize> = (0..b).map(|_| rng.int(1, 7)).collect();
     let short = rng.int(0, b - 1);
     len[short] = 1;
+    // Seed 3 (Policy shape) also has an empty sequence (in a group of several).
+    if seed == 3 && shape == Shape::Policy {
+        if let Some(e) = (0..b).find(|&i| i != short && sizes[group[i]] > 1) {
+            len[e] = 0;
+        }
+    }
     let t_max = len.iter().copied().max().unwrap_or(0);
     let pad_tok = |rng: &mut Rng, f: &mut dyn FnMut(&mut Rng) -> f64| -> Vec<Vec<f64>> {
         (0..b)
@@ -166,7 +173,8 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     }
     // Large log-ratios on a few tokens (both signs).
     for k in 0..3 {
-        let i = rng.int(0, b - 1);
+        let nonempty: Vec<usize> = (0..b).filter(|&i| len[i] > 0).collect();
+        let i = nonempty[rng.int(0, nonempty.len() - 1)];
         let t = rng.int(0, len[i] - 1);
         let m = rng.range(5.0, 20.0);
         old_logp[i][t] = logp[i][t] + if k % 2 == 0 { m } else { -m };
@@ -177,10 +185,11 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     let adv = pad_tok(&mut rng, &mut |r| r.range(-2.0, 2.0));
 
     // Rewards: binary for even seeds, quarter steps (with ties) for odd; one all-equal group.
-    let equal_group = rng.int(0, sizes.len() - 1);
+    let multi: Vec<usize> = (0..sizes.len()).filter(|&g| sizes[g] > 1).collect();
+    let equal_group = multi[rng.int(0, multi.len() - 1)];
     let mut reward: Vec<f64> = (0..b)
         .map(|_| {
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 f64::from(rng.unit() < 0.5)
             } else {
                 (rng.range(-1.0, 1.0) * 4.0).round() / 4.0

@@ -9,11 +9,11 @@ use super::{Out, Ref};
 
 pub const SOURCE: &str = r#"
 use std::kl::*
-use std::adv::{lite_ppo_adv, normalize_then_sum2}
+use std::adv::{lite_ppo_adv, normalize_then_sum2, reinforce_pp_adv}
 use std::ratio::{tis_token, tis_seq, mis_token, mis_seq}
 use std::agg::{trl_grpo_norm, top_entropy_mask, position_discount, per_length, gtpo_adv}
 use std::risk::{cvar_upper_adv, rank_penalty_reward}
-use std::turns::igpo_code_adv
+use std::turns::{igpo_code_adv, turn_position_baseline}
 
 objective libfns() {
     input logp: tok diff
@@ -39,6 +39,8 @@ objective libfns() {
     output cvar_up = cvar_upper_adv(reward, 0.7)
     output rank_pen = rank_penalty_reward(reward, old_logp, 0.25)
     output igpo_code = igpo_code_adv(turn_reward)
+    output rpp = reinforce_pp_adv(reward, 0.9)
+    output turn_pos = turn_position_baseline(turn_reward)
 }
 "#;
 
@@ -220,6 +222,29 @@ fn libfns(x: &Ctx) -> Out {
             })
         })
         .collect();
+    // REINFORCE++: returns (γ = 0.9) of the reward on the last token, whitened over all tokens.
+    let g: Vec<f64> = (0..b.b())
+        .flat_map(|i| {
+            let (n, r) = (b.len[i], &r);
+            (0..n).map(move |t| r[i] * 0.9f64.powi((n - 1 - t) as i32))
+        })
+        .collect();
+    let (gm, gv) = (mean(&cs(&g)).v, var(&cs(&g), true).v);
+    let rpp: Vec<f64> = g.iter().map(|v| (v - gm) / (gv + 1e-8).sqrt()).collect();
+    // Per-turn-position baseline: minus the mean of the group's turns with the same index.
+    let turn_pos: Vec<f64> = (0..b.b())
+        .flat_map(|i| {
+            let (m, tr) = (b.members(b.group[i]), &tr);
+            (0..b.n_turns[i]).map(move |k| {
+                let same: Vec<f64> = m
+                    .iter()
+                    .filter(|&&j| b.n_turns[j] > k)
+                    .map(|&j| tr[j][k])
+                    .collect();
+                tr[i][k] - same.iter().sum::<f64>() / same.len() as f64
+            })
+        })
+        .collect();
     Out {
         loss: loss(x),
         metrics: vec![],
@@ -232,6 +257,8 @@ fn libfns(x: &Ctx) -> Out {
             ("cvar_up", cvar_up),
             ("rank_pen", rank_pen),
             ("igpo_code", igpo),
+            ("rpp", rpp),
+            ("turn_pos", turn_pos),
         ],
     }
 }

@@ -54,6 +54,15 @@ fn extreme(xs: &[D], better: impl Fn(f64, f64) -> bool) -> D {
     }
 }
 
+/// m + log Σ exp(x − m), m the maximum; empty → 0.
+pub fn logsumexp(xs: &[D]) -> D {
+    if xs.is_empty() {
+        return c(0.0);
+    }
+    let m = c(xs.iter().fold(f64::NEG_INFINITY, |a, x| a.max(x.v)));
+    m + sum(&xs.iter().map(|&x| (x - m).exp()).collect::<Vec<_>>()).ln()
+}
+
 /// numpy "linear" quantile; ties in the sort broken by position; empty → 0.
 pub fn quantile(xs: &[D], q: f64) -> D {
     if xs.is_empty() {

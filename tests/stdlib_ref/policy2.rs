@@ -191,7 +191,10 @@ fn passk(x: &Ctx) -> Out {
             }
         } else if n >= 2 {
             // The best: highest reward, the later one among ties.
-            let best = *m.iter().max_by(|&&a, &&bb| r[a].total_cmp(&r[bb])).unwrap();
+            let best = *m
+                .iter()
+                .max_by(|&&a, &&bb| r[a].total_cmp(&r[bb]))
+                .expect("n >= 2");
             let second = m
                 .iter()
                 .filter(|&&i| i != best)
@@ -281,11 +284,13 @@ fn rs_grpo(x: &Ctx) -> Out {
     let mut adv = vec![0.0; b.b()];
     for g in 0..b.n_groups {
         let (m, v) = group_rewards(x, g);
-        // A = (G·softmax(βr)_i − 1)/β.
-        let mx = v.iter().fold(f64::NEG_INFINITY, |a, &z| a.max(be * z));
-        let z: f64 = v.iter().map(|&s| (be * s - mx).exp()).sum();
+        // RS-GRPO code form: b = (LSE(βr) − log G)/β, A = (exp(β(r − b)) − 1)/β. (The softmax
+        // form (G·softmax(βr)_i − 1)/β rounds differently: an all-equal group's advantages are
+        // then exact zeros instead of ±1e-16, which flips clip indicators.)
+        let bv: Vec<D> = v.iter().map(|&s| c(be * s)).collect();
+        let base = (logsumexp(&bv).v - (m.len() as f64).ln()) / be;
         for (&i, &s) in m.iter().zip(&v) {
-            adv[i] = (m.len() as f64 * (be * s - mx).exp() / z - 1.0) / be;
+            adv[i] = ((be * (s - base)).exp() - 1.0) / be;
         }
     }
     let (loss, frac, _) = vanilla(x, &adv);
@@ -319,10 +324,10 @@ fn top_n(
 ) -> Vec<Vec<bool>> {
     let mut list: Vec<(f64, usize, usize, usize)> = Vec::new();
     let mut k = 0;
-    for i in 0..b.b() {
-        for t in 0..b.len[i] {
+    for (i, row) in key.iter().enumerate() {
+        for (t, &v) in row.iter().enumerate() {
             if cand(i, t) {
-                list.push((key[i][t], k, i, t));
+                list.push((v, k, i, t));
             }
             k += 1;
         }
@@ -352,7 +357,7 @@ fn clip_cov(x: &Ctx) -> Out {
     let cut = top_n(
         b,
         &cv,
-        |i, t| !(l2[i][t].v > l1[i][t].v) && cv[i][t] > lb && cv[i][t] < ub,
+        |i, t| l2[i][t].v <= l1[i][t].v && cv[i][t] > lb && cv[i][t] < ub,
         n,
     );
     let per = map_tok(b, |i, t| {

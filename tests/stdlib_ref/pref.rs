@@ -14,8 +14,8 @@ fn pairs(x: &Ctx) -> Vec<(usize, usize)> {
     (0..x.b.n_groups)
         .map(|g| {
             let m = x.b.members(g);
-            let w = *m.iter().find(|&&i| ch[i]).unwrap();
-            let l = *m.iter().find(|&&i| !ch[i]).unwrap();
+            let w = *m.iter().find(|&&i| ch[i]).expect("a chosen sequence");
+            let l = *m.iter().find(|&&i| !ch[i]).expect("a rejected sequence");
             (w, l)
         })
         .collect()

@@ -1,0 +1,743 @@
+//! Scheduled IR → CUDA C source (compiled at run time by NVRTC, launched by `rlo_runtime::cuda`).
+//!
+//! # What is generated
+//! For every [`StageKind::TokenPass`] of the schedule one kernel `rlo_<objective>_p<k>` (one block
+//! per sequence, a grid-stride loop over sequences, threads striding over the tokens), followed when
+//! needed by a one-block kernel `rlo_<objective>_p<k>_fin` that finishes the pass's cross-sequence
+//! reductions and computes its `seq`/`group`/`batch` nodes. Every [`StageKind::Small`] stage is one
+//! one-block kernel `rlo_<objective>_s<k>`. A last one-block kernel `rlo_<objective>_out` writes the
+//! roots (loss, metrics, outputs, gradients) that are not already a stored node. Data stays on the
+//! device between kernels: no host round trip.
+//!
+//! # Invariants
+//! - **Deterministic text**: names come from handles (`e12`, `v12`, `in3`, `p0`), kernels from stage
+//!   indices; iteration is over arena order and vectors only. User text (objective and input
+//!   names, file names) appears only inside comments, sanitized by [`comment_text`].
+//! - **Deterministic results**: no atomics. Reductions fold in a fixed order (per-thread strided,
+//!   then a fixed tree); cross-sequence reductions go through per-sequence partial buffers and a
+//!   fixed-order combine kernel. Repeated runs on one GPU are bit-identical.
+//! - Masks are selects (`cond ? a : b`), never multiplies.
+//! - All math and accumulation in f32; token inputs may be stored as f32, bf16 or f16.
+//!
+//! # Kernel argument
+//! Every kernel takes one `RloCtx` by value: [`CTX_HEADER_WORDS`] words of layout (counts and
+//! pointers), then one pointer per [`Slot`], then the parameters as `double`s. Every field is 8
+//! bytes, so the host fills it as an array of `u64` ([`CudaProgram::ctx_words`] of them, at most
+//! [`CTX_MAX_WORDS`]). Changing a parameter never recompiles.
+//!
+//! `turn`-level values: small stages loop over each sequence's turns (`turn_off`); token
+//! passes read them through `tok_turn`; token → turn reductions run per turn at the end of the
+//! pass (binary search of the turn's token range, then a serial fold: deterministic).
+// Indexing here is by handles of the module's own arena and by side tables (`HandleVec`) made
+// with the arena's length; the validator has checked every handle before a backend runs.
+#![allow(clippy::indexing_slicing)]
+
+use crate::arena::{Handle, HandleVec};
+use crate::ir::{Expr, Module, ReduceOp};
+use crate::schedule::{Schedule, StageKind};
+use crate::types::{DType, Level};
+use rlo_grammar::SourceMap;
+
+#[path = "cuda_emit.rs"]
+mod emit_kernels;
+
+/// The CUDA backend could not generate code for a module: the node at fault (when there is one),
+/// its span (so the driver can point at `.rlo` source) and what went wrong.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub handle: Option<Handle<Expr>>,
+    pub span: rlo_grammar::Span,
+    pub message: String,
+}
+
+/// Words of the `RloCtx` header: n_seqs, n_groups, n_tokens, tok_stride, n_turns, then the
+/// pointers seq_off, seq_len, seq_group, group_off, group_seqs, turn_off, tok_turn (all `int32`;
+/// `tok_turn` may be null for single-turn data: token `t` of sequence `s` is then in turn `s`).
+pub const CTX_HEADER_WORDS: usize = 12;
+/// The kernel argument is at most 4 KiB (the portable CUDA limit).
+pub const CTX_MAX_WORDS: usize = 512;
+
+/// How token-level data is laid out in device memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TokLayout {
+    /// All sequences' tokens back to back; token `t` of sequence `s` is at `seq_off[s] + t`.
+    #[default]
+    Packed,
+    /// `[B, T]` row-major with `T = tok_stride`; sequence `s` holds its `seq_len[s]` tokens first
+    /// (right padding). Token gradients/outputs are written as `[B, T]` with zeros in the padding.
+    Padded,
+}
+
+/// Storage type of the f32 token-level inputs (bool inputs and coarser inputs are always f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StorageType {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl StorageType {
+    pub fn c_type(self) -> &'static str {
+        match self {
+            StorageType::F32 => "float",
+            StorageType::Bf16 => "rlo_bf16",
+            StorageType::F16 => "rlo_f16",
+        }
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            StorageType::F32 => 4,
+            StorageType::Bf16 | StorageType::F16 => 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CudaOptions {
+    pub layout: TokLayout,
+    pub tok_dtype: StorageType,
+    /// When given, every computed node gets a `/* e42: file.rlo:12:7 */` comment.
+    pub sources: Option<SourceMap>,
+}
+
+/// How many blocks a kernel is launched with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// One block of [`PASS_THREADS`] threads per sequence (the runtime may cap the grid; the
+    /// kernel loops over sequences).
+    PerSequence,
+    /// One block of [`SMALL_THREADS`] threads.
+    Single,
+}
+
+pub const PASS_THREADS: u32 = 256;
+pub const SMALL_THREADS: u32 = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub kernel: String,
+    pub grid: Grid,
+}
+
+/// One pointer of the kernel argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// `inputs[i]`, stored at its level (token f32 inputs in `tok_dtype`).
+    Input(u32),
+    /// A device buffer of f32 with one value per element of `level` (token level: `n_tokens`
+    /// packed, `B * T` padded). `name` is the C field name (`v12`, `q12`, `c12`, `r3`).
+    Buffer { name: String, level: Level },
+}
+
+/// Where a root (loss, metric, gradient, output) can be read after the last launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootLoc {
+    /// Index into [`CudaProgram::slots`] (always a `Slot::Buffer`).
+    pub slot: usize,
+    pub level: Level,
+}
+
+/// The generated program and everything the runtime needs to run it.
+#[derive(Clone, Debug)]
+pub struct CudaProgram {
+    /// `[A-Za-z0-9_]` form of the objective name used in kernel names.
+    pub ident: String,
+    /// CUDA C source; needs `rlo_common.cuh` prepended (the runtime does it).
+    pub source: String,
+    pub layout: TokLayout,
+    pub tok_dtype: StorageType,
+    pub launches: Vec<Launch>,
+    pub slots: Vec<Slot>,
+    pub n_params: usize,
+    pub loss: RootLoc,
+    pub metrics: Vec<RootLoc>,
+    pub grads: Vec<RootLoc>,
+    pub outputs: Vec<RootLoc>,
+}
+
+impl CudaProgram {
+    /// Number of `u64` words of the kernel argument.
+    pub fn ctx_words(&self) -> usize {
+        CTX_HEADER_WORDS + self.slots.len() + self.n_params.max(1)
+    }
+}
+
+/// Makes user text safe inside a C block comment: printable ASCII only, no `*/`, no newline.
+pub fn comment_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let ok = c.is_ascii_alphanumeric() || " _.:,=()[]<>+-@".contains(c);
+        out.push(if ok { c } else { '?' });
+    }
+    out.truncate(120);
+    out
+}
+
+/// The `[A-Za-z0-9_]` identifier used in kernel names (`obj` when the name has anything else).
+fn ident_of(name: &str) -> String {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        name.to_string()
+    } else {
+        "obj".to_string()
+    }
+}
+
+/// What a kernel of the plan is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KernelKind {
+    Pass,
+    Fin,
+    Small,
+}
+
+/// Where and how a node is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Not computed: inline (constant, parameter, input, index) or an alias (broadcast, detach).
+    None,
+    /// Per token in a pass body, in sweep `sweep`.
+    Tok { kernel: usize, sweep: usize },
+    /// A reduction of token values accumulated in pass `kernel`, finished there (`to == Seq`) or
+    /// in the fin kernel `fin`.
+    Acc {
+        kernel: usize,
+        sweep: usize,
+        fin: Option<usize>,
+    },
+    /// A statement of a one-block kernel (fin, small, out).
+    Stmt { kernel: usize },
+}
+
+pub(crate) struct KernelPlan {
+    pub name: String,
+    pub kind: KernelKind,
+    pub stage: usize,
+    /// Nodes of the kernel in arena order (pass: body and accumulators; others: statements).
+    pub nodes: Vec<Handle<Expr>>,
+    pub sweeps: usize,
+}
+
+/// The analysis every emitter function reads.
+pub(crate) struct Plan<'a> {
+    pub m: &'a Module,
+    pub opts: &'a CudaOptions,
+    pub canon: HandleVec<Expr, Handle<Expr>>,
+    pub role: HandleVec<Expr, Role>,
+    pub stored: HandleVec<Expr, bool>,
+    /// Root canon nodes at token level (their pass zero-fills the padding).
+    pub tok_root: HandleVec<Expr, bool>,
+    pub kernels: Vec<KernelPlan>,
+    /// Coarse nodes recomputed per sequence in a pass (before its sweeps), per kernel.
+    pub prologue: Vec<Vec<Handle<Expr>>>,
+}
+
+pub(crate) fn err(m: &Module, h: Handle<Expr>, msg: impl Into<String>) -> BackendError {
+    BackendError {
+        handle: Some(h),
+        span: m.span(h),
+        message: msg.into(),
+    }
+}
+
+/// `Role::None` nodes computed inline wherever they are read.
+pub(crate) fn is_inline(e: &Expr) -> bool {
+    match e {
+        Expr::Const(_) | Expr::Bool(_) | Expr::Param(_) | Expr::Input(_) | Expr::Index(_) => true,
+        Expr::Unary { .. }
+        | Expr::Binary { .. }
+        | Expr::Select { .. }
+        | Expr::Broadcast { .. }
+        | Expr::Reduce { .. }
+        | Expr::Scan { .. }
+        | Expr::Rank { .. }
+        | Expr::Quantile { .. }
+        | Expr::PosReduce { .. }
+        | Expr::Detach { .. } => false,
+    }
+}
+
+/// Generates the CUDA program of a scheduled module.
+pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram, BackendError> {
+    let plan = plan(m, s, opts)?;
+    let (slots, roots) = slots_and_roots(&plan)?;
+    let ctx_words = CTX_HEADER_WORDS + slots.len() + m.params.len().max(1);
+    if ctx_words > CTX_MAX_WORDS {
+        return Err(BackendError {
+            handle: None,
+            span: m.span(m.loss),
+            message: format!(
+                "the kernel argument would need {ctx_words} words (at most {CTX_MAX_WORDS}): too many inputs, parameters and stored values"
+            ),
+        });
+    }
+    let ident = ident_of(&m.name);
+    let mut out = String::new();
+    emit_kernels::write_program(&plan, &slots, &roots, &ident, &mut out)?;
+    let launches = plan
+        .kernels
+        .iter()
+        .map(|k| Launch {
+            kernel: k.name.clone(),
+            grid: match k.kind {
+                KernelKind::Pass => Grid::PerSequence,
+                KernelKind::Fin | KernelKind::Small => Grid::Single,
+            },
+        })
+        .collect::<Vec<_>>();
+    let mut launches = launches;
+    let out_kernel = format!("rlo_{ident}_out");
+    if out.contains(&format!(" {out_kernel}(")) {
+        launches.push(Launch {
+            kernel: out_kernel,
+            grid: Grid::Single,
+        });
+    }
+    let mut roots = roots.into_iter();
+    let loss = roots.next().ok_or_else(|| err(m, m.loss, "no loss root"))?;
+    let metrics = roots.by_ref().take(m.metrics.len()).collect();
+    let grads = roots.by_ref().take(m.grads.len()).collect();
+    let outputs = roots.collect();
+    Ok(CudaProgram {
+        ident,
+        source: out,
+        layout: opts.layout,
+        tok_dtype: opts.tok_dtype,
+        launches,
+        slots,
+        n_params: m.params.len(),
+        loss,
+        metrics,
+        grads,
+        outputs,
+    })
+}
+
+/// Roots in order: loss, metrics, grads, outputs.
+pub(crate) fn root_handles(m: &Module) -> Vec<Handle<Expr>> {
+    let mut v = vec![m.loss];
+    v.extend(m.metrics.iter().map(|x| x.value));
+    v.extend(m.grads.iter().map(|x| x.value));
+    v.extend(m.outputs.iter().map(|x| x.value));
+    v
+}
+
+fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'a>, BackendError> {
+    let n = m.exprs.len();
+    // canon: follow broadcasts and detaches to the node that holds the value
+    let mut canon: HandleVec<Expr, Handle<Expr>> = HandleVec::new(n, Handle::from_index(0));
+    for (h, e) in m.exprs.iter() {
+        canon[h] = match *e {
+            Expr::Broadcast { arg, .. } | Expr::Detach { arg } if arg < h => canon[arg],
+            Expr::Broadcast { .. } | Expr::Detach { .. } => {
+                return Err(err(m, h, "operand after its user"))
+            }
+            Expr::Const(_)
+            | Expr::Bool(_)
+            | Expr::Param(_)
+            | Expr::Input(_)
+            | Expr::Index(_)
+            | Expr::Unary { .. }
+            | Expr::Binary { .. }
+            | Expr::Select { .. }
+            | Expr::Reduce { .. }
+            | Expr::Scan { .. }
+            | Expr::Rank { .. }
+            | Expr::Quantile { .. }
+            | Expr::PosReduce { .. } => h,
+        };
+    }
+    let mut role: HandleVec<Expr, Role> = HandleVec::new(n, Role::None);
+    let mut kernels: Vec<KernelPlan> = Vec::new();
+    let ident = ident_of(&m.name);
+    for (k, stage) in s.stages.iter().enumerate() {
+        let computed: Vec<Handle<Expr>> = stage
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&h| h.index() < n && canon[h] == h && !is_inline(&m.exprs[h]))
+            .collect();
+        match stage.kind {
+            StageKind::TokenPass => {
+                let pk = kernels.len();
+                let mut body = Vec::new();
+                let mut fin = Vec::new();
+                for &h in &computed {
+                    let tok_acc = matches!(m.exprs[h], Expr::Reduce { arg, .. } if m.level(arg) == Level::Tok);
+                    if m.level(h) == Level::Tok {
+                        body.push(h);
+                    } else if tok_acc {
+                        body.push(h);
+                        if m.level(h) > Level::Seq {
+                            fin.push(h);
+                        }
+                    } else {
+                        fin.push(h);
+                    }
+                }
+                let fk = if fin.is_empty() { None } else { Some(pk + 1) };
+                for &h in &body {
+                    role[h] = if m.level(h) == Level::Tok {
+                        Role::Tok {
+                            kernel: pk,
+                            sweep: 0,
+                        }
+                    } else {
+                        Role::Acc {
+                            kernel: pk,
+                            sweep: 0,
+                            fin: fk,
+                        }
+                    };
+                }
+                kernels.push(KernelPlan {
+                    name: format!("rlo_{ident}_p{k}"),
+                    kind: KernelKind::Pass,
+                    stage: k,
+                    nodes: body,
+                    sweeps: 1,
+                });
+                if let Some(fk) = fk {
+                    for &h in &fin {
+                        if !matches!(role[h], Role::Acc { .. }) {
+                            role[h] = Role::Stmt { kernel: fk };
+                        }
+                    }
+                    kernels.push(KernelPlan {
+                        name: format!("rlo_{ident}_p{k}_fin"),
+                        kind: KernelKind::Fin,
+                        stage: k,
+                        nodes: fin,
+                        sweeps: 0,
+                    });
+                }
+            }
+            StageKind::Small => {
+                let sk = kernels.len();
+                for &h in &computed {
+                    role[h] = Role::Stmt { kernel: sk };
+                }
+                kernels.push(KernelPlan {
+                    name: format!("rlo_{ident}_s{k}"),
+                    kind: KernelKind::Small,
+                    stage: k,
+                    nodes: computed,
+                    sweeps: 0,
+                });
+            }
+        }
+    }
+    let mut p = Plan {
+        m,
+        opts,
+        canon,
+        role,
+        stored: HandleVec::new(n, false),
+        tok_root: HandleVec::new(n, false),
+        prologue: Vec::new(),
+        kernels,
+    };
+    check_and_mark(&mut p)?;
+    Ok(p)
+}
+
+/// The kernel whose completion makes `h`'s value readable by later kernels.
+pub(crate) fn ready_kernel(r: Role) -> Option<usize> {
+    match r {
+        Role::None => None,
+        Role::Tok { kernel, .. } | Role::Stmt { kernel } => Some(kernel),
+        Role::Acc { kernel, fin, .. } => Some(fin.unwrap_or(kernel)),
+    }
+}
+
+/// Checks that every operand is available where it is read, assigns sweeps, and marks the nodes
+/// that must be stored per element and the per-sequence prologue of each pass.
+fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
+    let m = p.m;
+    let nk = p.kernels.len();
+    let mut prologue: Vec<Vec<Handle<Expr>>> = vec![Vec::new(); nk];
+    // depends on an accumulator of its own pass (coarse nodes only)
+    let mut after_acc: HandleVec<Expr, bool> = HandleVec::new(m.exprs.len(), false);
+    for (h, e) in m.exprs.iter() {
+        let ops: Vec<Handle<Expr>> = e.operands().into_iter().map(|o| p.canon[o]).collect();
+        let kernel_of_h = ready_kernel(p.role[h]);
+        after_acc[h] = ops.iter().any(|&o| {
+            matches!(p.role[o], Role::Acc { kernel, .. } if Some(kernel + 1) == kernel_of_h)
+                || after_acc[o]
+        });
+        match p.role[h] {
+            Role::None => {}
+            Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
+                let is_scan = matches!(e, Expr::Scan { .. })
+                    || matches!(
+                        e,
+                        Expr::Reduce {
+                            to: Level::Turn,
+                            ..
+                        }
+                    );
+                let needs_all = matches!(e, Expr::Rank { .. } | Expr::PosReduce { .. });
+                let mut sweep = 0usize;
+                let mut body_op = false;
+                for &o in &ops {
+                    match p.role[o] {
+                        Role::None => {}
+                        Role::Tok {
+                            kernel: ko,
+                            sweep: so,
+                        } if ko == kernel => {
+                            if needs_all {
+                                return Err(err(m, h, "needs all sequences of a value computed in the same pass (schedule error)"));
+                            }
+                            sweep = sweep.max(so);
+                            body_op = true;
+                            if is_scan {
+                                p.stored[o] = true;
+                            }
+                        }
+                        Role::Acc { kernel: ko, .. } if ko == kernel => {
+                            return Err(err(
+                                m,
+                                h,
+                                "reads a reduction of its own pass (schedule error)",
+                            ));
+                        }
+                        Role::Stmt { kernel: ko }
+                            if ko == kernel + 1
+                                && p.kernels.get(ko).is_some_and(|k| k.kind == KernelKind::Fin) =>
+                        {
+                            // a coarse node of this pass: recomputed per sequence if it can be
+                            if after_acc[o] || !elementwise(&m.exprs[o]) {
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value finished after its own pass (schedule error)",
+                                ));
+                            }
+                            add_prologue(p, &mut prologue, kernel, o)?;
+                        }
+                        r @ (Role::Tok { .. } | Role::Acc { .. } | Role::Stmt { .. }) => {
+                            let ko = ready_kernel(r).unwrap_or(usize::MAX);
+                            if ko >= kernel {
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value computed later (schedule error)",
+                                ));
+                            }
+                            p.stored[o] = true;
+                        }
+                    }
+                }
+                if matches!(e, Expr::Scan { .. }) && body_op {
+                    sweep += 1;
+                }
+                match &mut p.role[h] {
+                    Role::Tok { sweep: s, .. } | Role::Acc { sweep: s, .. } => *s = sweep,
+                    Role::None | Role::Stmt { .. } => {}
+                }
+                if is_scan {
+                    p.stored[h] = true;
+                }
+                if let Some(k) = p.kernels.get_mut(kernel) {
+                    k.sweeps = k.sweeps.max(sweep + 1);
+                }
+                if matches!(p.role[h], Role::Acc { fin: Some(_), .. }) {
+                    p.stored[h] = true;
+                }
+                if matches!(p.role[h], Role::Acc { fin: None, .. }) {
+                    p.stored[h] = true;
+                }
+            }
+            Role::Stmt { kernel } => {
+                p.stored[h] = true;
+                for &o in &ops {
+                    match p.role[o] {
+                        Role::None => {}
+                        r @ (Role::Tok { .. } | Role::Acc { .. } | Role::Stmt { .. }) => {
+                            let ko = ready_kernel(r).unwrap_or(usize::MAX);
+                            let same_ok = ko == kernel && o < h;
+                            if ko > kernel || (ko == kernel && !same_ok) {
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value computed later (schedule error)",
+                                ));
+                            }
+                            if !matches!(r, Role::Acc { .. }) {
+                                p.stored[o] = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // a body node read in a later sweep of its pass must be stored
+    for (h, e) in m.exprs.iter() {
+        let (kh, sh) = match p.role[h] {
+            Role::Tok { kernel, sweep } | Role::Acc { kernel, sweep, .. } => (kernel, sweep),
+            Role::None | Role::Stmt { .. } => continue,
+        };
+        for o in e.operands() {
+            let o = p.canon[o];
+            if let Role::Tok { kernel, sweep } = p.role[o] {
+                if kernel == kh && sweep < sh {
+                    p.stored[o] = true;
+                }
+            }
+        }
+    }
+    for r in root_handles(m) {
+        let c = p.canon[r];
+        if p.role[c] != Role::None && m.level(c) == m.level(r) {
+            p.stored[c] = true;
+            if m.level(c) == Level::Tok {
+                p.tok_root[c] = true;
+            }
+        }
+    }
+    // every needed node must have been scheduled
+    for r in root_handles(m) {
+        let c = p.canon[r];
+        if p.role[c] == Role::None && !is_inline(&m.exprs[c]) {
+            return Err(err(m, r, "a root is not in the schedule (schedule error)"));
+        }
+    }
+    p.prologue = prologue;
+    Ok(())
+}
+
+fn elementwise(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. }
+    )
+}
+
+fn add_prologue(
+    p: &Plan,
+    prologue: &mut [Vec<Handle<Expr>>],
+    kernel: usize,
+    h: Handle<Expr>,
+) -> Result<(), BackendError> {
+    let Some(list) = prologue.get_mut(kernel) else {
+        return Ok(());
+    };
+    if list.contains(&h) {
+        return Ok(());
+    }
+    // operands of a prologue node that are themselves coarse nodes of this pass come first
+    let mut todo = vec![h];
+    let mut all = Vec::new();
+    while let Some(x) = todo.pop() {
+        if all.contains(&x) || list.contains(&x) {
+            continue;
+        }
+        if !elementwise(&p.m.exprs[x]) || p.m.level(x) == Level::Turn {
+            return Err(err(
+                p.m,
+                x,
+                "a per-sequence value of a pass must be elementwise (schedule error)",
+            ));
+        }
+        all.push(x);
+        for o in p.m.exprs[x].operands() {
+            let o = p.canon[o];
+            if p.role[o] == (Role::Stmt { kernel: kernel + 1 }) {
+                todo.push(o);
+            }
+        }
+    }
+    list.extend(all);
+    list.sort();
+    Ok(())
+}
+
+/// Slots: inputs (in module order), then the buffers of stored nodes (arena order: `v<h>`, and
+/// `q<h>`/`c<h>` partials of cross-sequence reductions), then `r<k>` buffers for roots that are
+/// not a stored node at their own level. Returns the slots and one [`RootLoc`] per root.
+fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> {
+    let m = p.m;
+    let mut slots: Vec<Slot> = (0..m.inputs.len() as u32).map(Slot::Input).collect();
+    for h in m.exprs.handles() {
+        if !p.stored[h] {
+            continue;
+        }
+        slots.push(Slot::Buffer {
+            name: format!("v{}", h.index()),
+            level: m.level(h),
+        });
+        if let Role::Acc { fin: Some(_), .. } = p.role[h] {
+            slots.push(Slot::Buffer {
+                name: format!("q{}", h.index()),
+                level: Level::Seq,
+            });
+            if let Expr::Reduce {
+                op: ReduceOp::Max | ReduceOp::Min,
+                ..
+            } = m.exprs[h]
+            {
+                slots.push(Slot::Buffer {
+                    name: format!("c{}", h.index()),
+                    level: Level::Seq,
+                });
+            }
+        }
+    }
+    let mut roots = Vec::new();
+    for (k, r) in root_handles(m).into_iter().enumerate() {
+        let c = p.canon[r];
+        let name = if p.stored[c] && m.level(c) == m.level(r) {
+            format!("v{}", c.index())
+        } else {
+            let name = format!("r{k}");
+            slots.push(Slot::Buffer {
+                name: name.clone(),
+                level: m.level(r),
+            });
+            name
+        };
+        let slot = slots
+            .iter()
+            .position(|s| matches!(s, Slot::Buffer { name: n, .. } if *n == name))
+            .ok_or_else(|| err(m, r, "internal: root buffer missing"))?;
+        roots.push(RootLoc {
+            slot,
+            level: m.level(r),
+        });
+    }
+    Ok((slots, roots))
+}
+
+/// Writes `x` as a C float literal.
+pub(crate) fn f32_lit(x: f64) -> String {
+    let f = x as f32;
+    if f.is_nan() {
+        "RLO_NAN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 {
+            "RLO_INF".into()
+        } else {
+            "(-RLO_INF)".into()
+        }
+    } else {
+        let mut s = format!("{f:?}");
+        if !s.contains('.') && !s.contains('e') && !s.contains("inf") {
+            s.push_str(".0");
+        }
+        if f < 0.0 {
+            format!("({s}f)")
+        } else {
+            format!("{s}f")
+        }
+    }
+}
+
+pub(crate) fn dtype_is_bool(m: &Module, h: Handle<Expr>) -> bool {
+    m.ty(h).dtype == DType::Bool
+}

@@ -1,0 +1,282 @@
+/*
+rlo_common.cuh — hand-written device helpers shared by every generated rlo kernel.
+
+The runtime prepends this file to the generated source before NVRTC compiles it (no include path
+and no CUDA header is needed: bf16/f16 are converted by hand), so the PTX depends only on the
+text of the two files, the architecture and the options (the cache key).
+
+Conventions (llm.c style):
+- every helper that cooperates across a block is called by *all* threads of the block, with the
+  same arguments, and ends with __syncthreads() so shared memory can be reused at once;
+- blockDim.x is a multiple of 32 and at most 1024 (the runtime launches 256 or 1024 threads);
+- reductions are deterministic: each thread folds its elements in a fixed (strided) order, then a
+  fixed tree (warp shuffles, then the 32 warp partials in shared memory). No atomics anywhere.
+*/
+#pragma once
+
+#define RLO_INF __int_as_float(0x7f800000)
+#define RLO_NAN __int_as_float(0x7fffffff)
+
+// -----------------------------------------------------------------------------------------------
+// storage types of token inputs (math is always f32)
+
+struct rlo_bf16 { unsigned short x; };
+struct rlo_f16 { unsigned short x; };
+
+__device__ __forceinline__ float rlo_ld(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float rlo_ld(const rlo_bf16* p, long long i) {
+    return __uint_as_float(((unsigned)p[i].x) << 16);
+}
+__device__ __forceinline__ float rlo_ld(const rlo_f16* p, long long i) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].x));
+    return f;
+}
+
+// -----------------------------------------------------------------------------------------------
+// elementwise math that must not overflow
+
+__device__ __forceinline__ float rlo_sigmoid(float x) {
+    if (x >= 0.0f) { return 1.0f / (1.0f + expf(-x)); }
+    const float e = expf(x);
+    return e / (1.0f + e);
+}
+__device__ __forceinline__ float rlo_softplus(float x) {
+    return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
+}
+__device__ __forceinline__ float rlo_b2f(bool b) { return b ? 1.0f : 0.0f; }
+
+// -----------------------------------------------------------------------------------------------
+// block reductions (all threads call; result returned to every thread)
+
+struct rlo_op_sum { __device__ static float f(float a, float b) { return a + b; } };
+struct rlo_op_max { __device__ static float f(float a, float b) { return fmaxf(a, b); } };
+struct rlo_op_min { __device__ static float f(float a, float b) { return fminf(a, b); } };
+
+template <class Op>
+__device__ float rlo_block_reduce(float v) {
+    __shared__ float part[32];
+    for (int o = 16; o > 0; o >>= 1) { v = Op::f(v, __shfl_down_sync(0xffffffffu, v, o)); }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+    if (lane == 0) { part[warp] = v; }
+    __syncthreads();
+    if (warp == 0) {
+        float w = part[0];
+        for (int k = 1; k < nwarps; ++k) { w = Op::f(w, part[k]); }
+        if (lane == 0) { part[0] = w; }
+    }
+    __syncthreads();
+    const float r = part[0];
+    __syncthreads();
+    return r;
+}
+__device__ __forceinline__ float rlo_block_sum(float v) { return rlo_block_reduce<rlo_op_sum>(v); }
+__device__ __forceinline__ float rlo_block_max(float v) { return rlo_block_reduce<rlo_op_max>(v); }
+__device__ __forceinline__ float rlo_block_min(float v) { return rlo_block_reduce<rlo_op_min>(v); }
+
+__device__ unsigned long long rlo_block_count(unsigned long long v) {
+    __shared__ unsigned long long part[32];
+    for (int o = 16; o > 0; o >>= 1) { v += __shfl_down_sync(0xffffffffu, v, o); }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+    if (lane == 0) { part[warp] = v; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned long long w = 0;
+        for (int k = 0; k < nwarps; ++k) { w += part[k]; }
+        part[0] = w;
+    }
+    __syncthreads();
+    const unsigned long long r = part[0];
+    __syncthreads();
+    return r;
+}
+
+// -----------------------------------------------------------------------------------------------
+// scans along one sequence (block-cooperative, chunks of blockDim.x tokens with a carry)
+//
+// All four scans are the linear recurrence y_r = a_r * y_{r-1} + b_r over the tokens in scan
+// order r (forward for cumsum and the forward discounted scan `out[t] = x[t] + d[t-1]*out[t-1]`,
+// backward for the reverse scans), computed as an inclusive block
+// scan of (a, b) pairs under composition (a1,b1) then (a2,b2) = (a2*a1, a2*b1 + b2).
+
+struct rlo_affine { float a, b; };
+
+__device__ __forceinline__ rlo_affine rlo_affine_then(rlo_affine e1, rlo_affine e2) {
+    rlo_affine r;
+    r.a = e2.a * e1.a;
+    r.b = e2.a * e1.b + e2.b;
+    return r;
+}
+
+// Inclusive scan of one pair per thread in thread order; returns this thread's prefix and writes
+// the whole block's composition to *total.
+__device__ rlo_affine rlo_block_scan_affine(rlo_affine v, rlo_affine* total) {
+    __shared__ rlo_affine part[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+    for (int o = 1; o < 32; o <<= 1) {
+        rlo_affine u;
+        u.a = __shfl_up_sync(0xffffffffu, v.a, o);
+        u.b = __shfl_up_sync(0xffffffffu, v.b, o);
+        if (lane >= o) { v = rlo_affine_then(u, v); }
+    }
+    if (lane == 31) { part[warp] = v; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int k = 1; k < nwarps; ++k) { part[k] = rlo_affine_then(part[k - 1], part[k]); }
+    }
+    __syncthreads();
+    if (warp > 0) { v = rlo_affine_then(part[warp - 1], v); }
+    *total = part[nwarps - 1];
+    __syncthreads();
+    return v;
+}
+
+#define RLO_SCAN_CUMSUM 0
+#define RLO_SCAN_REVCUMSUM 1
+#define RLO_SCAN_DISCOUNTED 2
+#define RLO_SCAN_DISCOUNTED_FWD 3
+
+// x(t): the value at position t; d(t): the discount at t (only for RLO_SCAN_DISCOUNTED);
+// st(t, y): stores the result at t.
+template <class X, class D, class S>
+__device__ void rlo_seq_scan(int kind, long long len, X x, D d, S st) {
+    float carry = 0.0f;
+    for (long long base = 0; base < len; base += blockDim.x) {
+        const long long r = base + threadIdx.x;
+        const bool live = r < len;
+        const bool fwd = kind == RLO_SCAN_CUMSUM || kind == RLO_SCAN_DISCOUNTED_FWD;
+        const long long t = fwd ? r : len - 1 - r;
+        rlo_affine e;
+        e.a = 1.0f;
+        e.b = 0.0f;
+        if (live) {
+            e.b = x(t);
+            if (kind == RLO_SCAN_DISCOUNTED) { e.a = (t == len - 1) ? 0.0f : d(t); }
+            if (kind == RLO_SCAN_DISCOUNTED_FWD) { e.a = (t == 0) ? 0.0f : d(t - 1); }
+        }
+        rlo_affine total;
+        const rlo_affine p = rlo_block_scan_affine(e, &total);
+        if (live) { st(t, p.a * carry + p.b); }
+        carry = total.a * carry + total.b;
+    }
+    __syncthreads();
+}
+
+// -----------------------------------------------------------------------------------------------
+// order statistics
+//
+// The order of Rank and Quantile (spec): IEEE, -0 == +0, NaN after every number, NaNs equal.
+
+__device__ __forceinline__ bool rlo_before(float y, float x) {
+    return y == y && (x != x || y < x);
+}
+__device__ __forceinline__ bool rlo_same(float y, float x) {
+    return y == x || (y != y && x != x);
+}
+//
+// `each(f)` calls f(value) for this thread's share of the elements of one set (block version) or
+// for all elements in a fixed order (serial version). Ties do not matter for the value.
+
+__device__ __forceinline__ unsigned rlo_key(float f) {
+    if (f != f) { return 0xffffffffu; }  // every NaN after +inf
+    const unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float rlo_unkey(unsigned k) {
+    const unsigned u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    return __uint_as_float(u);
+}
+
+// k-th smallest (0-based) by radix select over the 32 key bits: 32 counting sweeps.
+template <class E>
+__device__ float rlo_block_kth(E each, unsigned long long k) {
+    unsigned prefix = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+        const unsigned hi = bit == 31 ? 0u : (0xffffffffu << (bit + 1));
+        unsigned long long c = 0;
+        each([&](float v) {
+            const unsigned key = rlo_key(v);
+            if ((key & hi) == prefix && ((key >> bit) & 1u) == 0u) { ++c; }
+        });
+        c = rlo_block_count(c);
+        if (k >= c) {
+            k -= c;
+            prefix |= (1u << bit);
+        }
+    }
+    return rlo_unkey(prefix);
+}
+
+__device__ __forceinline__ float rlo_clamp01(float q) {
+    return q != q ? 0.0f : fminf(fmaxf(q, 0.0f), 1.0f);
+}
+
+// numpy 'linear' quantile of the set; 0 for an empty set.
+template <class E>
+__device__ float rlo_block_quantile(E each, float q) {
+    unsigned long long n = 0;
+    each([&](float) { ++n; });
+    n = rlo_block_count(n);
+    if (n == 0) { return 0.0f; }
+    const double pos = (double)rlo_clamp01(q) * (double)(n - 1);
+    const unsigned long long lo = (unsigned long long)floor(pos);
+    const unsigned long long hi = lo + 1 < n ? lo + 1 : n - 1;
+    const float frac = (float)(pos - (double)lo);
+    const float vlo = rlo_block_kth(each, lo);
+    const float vhi = hi == lo ? vlo : rlo_block_kth(each, hi);
+    return vlo + (vhi - vlo) * frac;
+}
+
+// Serial k-th smallest for small sets (one thread per set): the element whose rank (smaller
+// elements, then equal ones earlier in the order) is k.
+template <class E>
+__device__ float rlo_serial_kth(E each, unsigned long long k) {
+    float found = 0.0f;
+    unsigned long long j = 0;
+    each([&](float x) {
+        unsigned long long rank = 0, jj = 0;
+        each([&](float y) {
+            if (rlo_before(y, x) || (rlo_same(y, x) && jj < j)) { ++rank; }
+            ++jj;
+        });
+        if (rank == k) { found = x; }
+        ++j;
+    });
+    return found;
+}
+
+template <class E>
+__device__ float rlo_serial_quantile(E each, float q) {
+    unsigned long long n = 0;
+    each([&](float) { ++n; });
+    if (n == 0) { return 0.0f; }
+    const double pos = (double)rlo_clamp01(q) * (double)(n - 1);
+    const unsigned long long lo = (unsigned long long)floor(pos);
+    const unsigned long long hi = lo + 1 < n ? lo + 1 : n - 1;
+    const float frac = (float)(pos - (double)lo);
+    const float vlo = rlo_serial_kth(each, lo);
+    const float vhi = hi == lo ? vlo : rlo_serial_kth(each, hi);
+    return vlo + (vhi - vlo) * frac;
+}
+
+// -----------------------------------------------------------------------------------------------
+// padded layouts: lengths from a right-padded mask (one block per sequence, grid-stride).
+// err[0] is set to 1 when a mask is not a prefix (a valid token after a padded one).
+
+extern "C" __global__ void rlo_mask_to_len(const float* mask, long long n_seqs, long long stride,
+                                           int* len, int* err) {
+    for (long long s = blockIdx.x; s < n_seqs; s += gridDim.x) {
+        unsigned long long n = 0, bad = 0;
+        for (long long t = threadIdx.x; t < stride; t += blockDim.x) {
+            const bool on = mask[s * stride + t] != 0.0f;
+            n += on ? 1ull : 0ull;
+            if (on && t > 0 && mask[s * stride + t - 1] == 0.0f) { bad = 1; }
+        }
+        n = rlo_block_count(n);
+        bad = rlo_block_count(bad);
+        if (threadIdx.x == 0) {
+            len[s] = (int)n;
+            if (bad != 0) { err[0] = 1; }
+        }
+    }
+}

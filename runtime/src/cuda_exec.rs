@@ -1,0 +1,531 @@
+//! Running a [`CudaProgram`]: the device layout arrays, a reusable workspace, the `RloCtx` kernel
+//! argument, launches on a caller's stream, and the host-`Batch` convenience path.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use rlo_compiler::back::cuda::{
+    emit, CudaOptions, CudaProgram, Grid, Slot, StorageType, TokLayout, CTX_HEADER_WORDS,
+    CTX_MAX_WORDS, PASS_THREADS, SMALL_THREADS,
+};
+use rlo_compiler::{Batch, Compiled, Evaluation, Layout, Level};
+
+use super::CudaDevice;
+use crate::RuntimeError;
+
+fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> RuntimeError + '_ {
+    move |e| RuntimeError::Cuda(format!("{what}: {e:?}"))
+}
+
+/// The kernel argument: `RloCtx` as 8-byte words (see `back::cuda`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CtxArg([u64; CTX_MAX_WORDS]);
+
+// SAFETY: a plain array of u64, passed by value; the kernel reads the first `ctx_words` words
+// (the emitter guarantees `ctx_words <= CTX_MAX_WORDS`), every field of `RloCtx` being 8 bytes.
+unsafe impl DeviceRepr for CtxArg {}
+
+/// The layout arrays on the device (all `int32`), for packed or padded token data.
+pub struct DeviceLayout {
+    pub n_seqs: usize,
+    pub n_groups: usize,
+    pub n_tokens: usize,
+    /// `T` for padded `[B, T]` data, 0 for packed.
+    pub tok_stride: usize,
+    pub n_turns: usize,
+    seq_off: CudaSlice<i32>,
+    seq_len: CudaSlice<i32>,
+    seq_group: CudaSlice<i32>,
+    group_off: CudaSlice<i32>,
+    group_seqs: CudaSlice<i32>,
+    turn_off: CudaSlice<i32>,
+    /// Per token (packed, or `[B, T]` padded); `None`: one turn per sequence.
+    tok_turn: Option<CudaSlice<i32>>,
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32, RuntimeError> {
+    i32::try_from(v).map_err(|_| RuntimeError::Layout {
+        message: format!("{what} = {v} does not fit the CUDA backend's 32-bit indices"),
+    })
+}
+
+fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    v: &[T],
+) -> Result<CudaSlice<T>, RuntimeError> {
+    if v.is_empty() {
+        // a zero-sized allocation is an error for the driver; one element is never read
+        return stream.alloc_zeros::<T>(1).map_err(drv("alloc"));
+    }
+    stream.clone_htod(v).map_err(drv("copy to device"))
+}
+
+impl DeviceLayout {
+    /// From lengths, group ids (`0..n_groups`, every group non-empty) and the token layout;
+    /// one turn per sequence.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        lengths: &[usize],
+        seq_group: &[u32],
+        n_groups: usize,
+        tok_stride: usize,
+    ) -> Result<DeviceLayout, RuntimeError> {
+        let turn_off: Vec<usize> = (0..=lengths.len()).collect();
+        DeviceLayout::with_turns(
+            stream, lengths, seq_group, n_groups, tok_stride, &turn_off, None,
+        )
+    }
+
+    /// Like [`DeviceLayout::new`] with turn data: `turn_off` (B+1 packed turn offsets) and the
+    /// packed turn of every token (laid out like the tokens: packed, or `[B, T]` padded).
+    pub fn with_turns(
+        stream: &Arc<CudaStream>,
+        lengths: &[usize],
+        seq_group: &[u32],
+        n_groups: usize,
+        tok_stride: usize,
+        turn_off: &[usize],
+        tok_turn: Option<&[u32]>,
+    ) -> Result<DeviceLayout, RuntimeError> {
+        let b = lengths.len();
+        let mut off = Vec::with_capacity(b + 1);
+        let mut acc = 0usize;
+        off.push(0);
+        for &l in lengths {
+            if tok_stride > 0 && l > tok_stride {
+                return Err(RuntimeError::Layout {
+                    message: format!("a sequence has {l} tokens, more than T = {tok_stride}"),
+                });
+            }
+            acc += l;
+            off.push(to_i32(acc, "number of tokens")?);
+        }
+        let len: Vec<i32> = lengths
+            .iter()
+            .map(|&l| to_i32(l, "sequence length"))
+            .collect::<Result<_, _>>()?;
+        let mut counts = vec![0usize; n_groups + 1];
+        for &g in seq_group {
+            match counts.get_mut(g as usize + 1) {
+                Some(c) => *c += 1,
+                None => {
+                    return Err(RuntimeError::Layout {
+                        message: format!("group id {g} out of range 0..{n_groups}"),
+                    })
+                }
+            }
+        }
+        for i in 1..counts.len() {
+            let prev = counts.get(i - 1).copied().unwrap_or(0);
+            if let Some(c) = counts.get_mut(i) {
+                *c += prev;
+            }
+        }
+        let group_off: Vec<i32> = counts
+            .iter()
+            .map(|&c| to_i32(c, "sequences"))
+            .collect::<Result<_, _>>()?;
+        let mut fill = counts.clone();
+        let mut group_seqs = vec![0i32; b];
+        for (s, &g) in seq_group.iter().enumerate() {
+            if let Some(slot) = fill.get_mut(g as usize) {
+                if let Some(x) = group_seqs.get_mut(*slot) {
+                    *x = to_i32(s, "sequences")?;
+                }
+                *slot += 1;
+            }
+        }
+        if seq_group.len() != b {
+            return Err(RuntimeError::Layout {
+                message: format!("{} group ids for {b} sequences", seq_group.len()),
+            });
+        }
+        let sg: Vec<i32> = seq_group.iter().map(|&g| g as i32).collect();
+        if turn_off.len() != b + 1 {
+            return Err(RuntimeError::Layout {
+                message: format!("{} turn offsets for {b} sequences", turn_off.len()),
+            });
+        }
+        let to: Vec<i32> = turn_off
+            .iter()
+            .map(|&x| to_i32(x, "turns"))
+            .collect::<Result<_, _>>()?;
+        let tt = match tok_turn {
+            Some(v) => {
+                let v: Vec<i32> = v
+                    .iter()
+                    .map(|&x| to_i32(x as usize, "turns"))
+                    .collect::<Result<_, _>>()?;
+                Some(upload(stream, &v)?)
+            }
+            None => None,
+        };
+        Ok(DeviceLayout {
+            n_seqs: b,
+            n_groups,
+            n_tokens: acc,
+            tok_stride,
+            n_turns: turn_off.last().copied().unwrap_or(0),
+            turn_off: upload(stream, &to)?,
+            tok_turn: tt,
+            seq_off: upload(stream, &off)?,
+            seq_len: upload(stream, &len)?,
+            seq_group: upload(stream, &sg)?,
+            group_off: upload(stream, &group_off)?,
+            group_seqs: upload(stream, &group_seqs)?,
+        })
+    }
+
+    /// The packed layout of a bound batch, turns included.
+    pub fn packed(stream: &Arc<CudaStream>, l: &Layout) -> Result<DeviceLayout, RuntimeError> {
+        let lengths: Vec<usize> = l.seq_offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        DeviceLayout::with_turns(
+            stream,
+            &lengths,
+            &l.seq_group,
+            l.n_groups,
+            0,
+            &l.turn_offsets,
+            Some(&l.tok_turn),
+        )
+    }
+
+    /// Elements of a buffer at `level`.
+    pub fn count(&self, level: Level) -> usize {
+        match level {
+            Level::Turn => self.n_turns,
+            Level::Tok => {
+                if self.tok_stride > 0 {
+                    self.n_seqs * self.tok_stride
+                } else {
+                    self.n_tokens
+                }
+            }
+            Level::Seq => self.n_seqs,
+            Level::Group => self.n_groups,
+            Level::Batch => 1,
+        }
+    }
+}
+
+/// The device buffers of one program for one batch shape; reused across steps (a training step
+/// with the same shape allocates nothing).
+pub struct Workspace {
+    dims: (usize, usize, usize, usize, usize),
+    /// One per slot; `None` for inputs.
+    bufs: Vec<Option<CudaSlice<f32>>>,
+}
+
+impl Workspace {
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        p: &CudaProgram,
+        lay: &DeviceLayout,
+    ) -> Result<Workspace, RuntimeError> {
+        let mut bufs = Vec::with_capacity(p.slots.len());
+        for s in &p.slots {
+            bufs.push(match s {
+                Slot::Input(_) => None,
+                Slot::Buffer { level, .. } => Some(
+                    stream
+                        .alloc_zeros::<f32>(lay.count(*level).max(1))
+                        .map_err(drv("workspace alloc"))?,
+                ),
+            });
+        }
+        Ok(Workspace {
+            dims: (
+                lay.n_seqs,
+                lay.n_groups,
+                lay.n_tokens,
+                lay.tok_stride,
+                lay.n_turns,
+            ),
+            bufs,
+        })
+    }
+
+    /// Whether this workspace fits a layout (same counts).
+    pub fn fits(&self, lay: &DeviceLayout) -> bool {
+        self.dims
+            == (
+                lay.n_seqs,
+                lay.n_groups,
+                lay.n_tokens,
+                lay.tok_stride,
+                lay.n_turns,
+            )
+    }
+
+    /// The device buffer of slot `slot` (roots: see `CudaProgram::{loss,grads,..}`).
+    pub fn buffer(&self, slot: usize) -> Option<&CudaSlice<f32>> {
+        self.bufs.get(slot).and_then(|b| b.as_ref())
+    }
+}
+
+/// A program loaded on a device, ready to launch.
+pub struct CudaObjective {
+    pub program: CudaProgram,
+    module: Arc<cudarc::driver::CudaModule>,
+    functions: Vec<(CudaFunction, Grid)>,
+    /// NVRTC ran when loading (false: memory or disk cache).
+    pub compiled_now: bool,
+}
+
+impl CudaObjective {
+    pub fn load(dev: &CudaDevice, program: CudaProgram) -> Result<CudaObjective, RuntimeError> {
+        let (module, compiled_now) = dev.module(&program)?;
+        let mut functions = Vec::new();
+        for l in &program.launches {
+            let f = module
+                .load_function(&l.kernel)
+                .map_err(drv("load function"))?;
+            functions.push((f, l.grid));
+        }
+        Ok(CudaObjective {
+            program,
+            module,
+            functions,
+            compiled_now,
+        })
+    }
+
+    /// `rlo_mask_to_len(mask, n_seqs, T, len, err)` from `rlo_common.cuh` (same module): lengths
+    /// of a right-padded `[B, T]` f32 mask, `err[0] = 1` if a mask is not a prefix.
+    pub fn mask_to_len(&self) -> Result<CudaFunction, RuntimeError> {
+        self.module
+            .load_function("rlo_mask_to_len")
+            .map_err(drv("load function"))
+    }
+
+    /// Emits and loads the CUDA program of a compiled objective.
+    pub fn from_compiled(
+        dev: &CudaDevice,
+        c: &Compiled,
+        opts: &CudaOptions,
+    ) -> Result<CudaObjective, RuntimeError> {
+        let program =
+            emit(&c.module, &c.schedule, opts).map_err(|e| RuntimeError::CudaCodegen {
+                location: c.sources.location(e.span),
+                message: e.message,
+            })?;
+        CudaObjective::load(dev, program)
+    }
+
+    /// Launches every kernel on `stream`.
+    ///
+    /// # Safety
+    /// `inputs[i]` must be a device pointer (in `stream`'s context) to `inputs[i]` of the module,
+    /// stored at its level with `lay.count(level)` elements, as `program.tok_dtype` for f32
+    /// token inputs and f32 otherwise, valid until the launches complete.
+    pub unsafe fn launch(
+        &self,
+        stream: &Arc<CudaStream>,
+        lay: &DeviceLayout,
+        inputs: &[u64],
+        ws: &mut Workspace,
+        params: &[f64],
+    ) -> Result<(), RuntimeError> {
+        let p = &self.program;
+        if !ws.fits(lay) {
+            return Err(RuntimeError::Layout {
+                message: "workspace was made for another batch shape".into(),
+            });
+        }
+        if params.len() != p.n_params {
+            return Err(RuntimeError::Unsupported(format!(
+                "{} parameters given, the program takes {}",
+                params.len(),
+                p.n_params
+            )));
+        }
+        if (p.layout == TokLayout::Padded) != (lay.tok_stride > 0) {
+            return Err(RuntimeError::Layout {
+                message: "program and layout disagree on packed vs padded tokens".into(),
+            });
+        }
+        let mut w = [0u64; CTX_MAX_WORDS];
+        let mut syncs = Vec::new();
+        {
+            let mut put = |i: usize, v: u64| {
+                if let Some(x) = w.get_mut(i) {
+                    *x = v;
+                }
+            };
+            put(0, lay.n_seqs as u64);
+            put(1, lay.n_groups as u64);
+            put(2, lay.n_tokens as u64);
+            put(3, lay.tok_stride as u64);
+            put(4, lay.n_turns as u64);
+            for (k, a) in [
+                Some(&lay.seq_off),
+                Some(&lay.seq_len),
+                Some(&lay.seq_group),
+                Some(&lay.group_off),
+                Some(&lay.group_seqs),
+                Some(&lay.turn_off),
+                lay.tok_turn.as_ref(),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                // a null tok_turn means one turn per sequence (see RLO_TURN)
+                if let Some(a) = a {
+                    let (ptr, sync) = a.device_ptr(stream);
+                    syncs.push(sync);
+                    put(5 + k, ptr);
+                }
+            }
+            for (k, s) in p.slots.iter().enumerate() {
+                let ptr = match s {
+                    Slot::Input(i) => *inputs.get(*i as usize).ok_or_else(|| {
+                        RuntimeError::Unsupported(format!("device input {i} missing"))
+                    })?,
+                    Slot::Buffer { .. } => match ws.bufs.get(k).and_then(|b| b.as_ref()) {
+                        Some(b) => {
+                            let (ptr, sync) = b.device_ptr(stream);
+                            syncs.push(sync);
+                            ptr
+                        }
+                        None => return Err(RuntimeError::Cuda("workspace slot missing".into())),
+                    },
+                };
+                put(CTX_HEADER_WORDS + k, ptr);
+            }
+            for (k, v) in params.iter().enumerate() {
+                put(CTX_HEADER_WORDS + p.slots.len() + k, v.to_bits());
+            }
+        }
+        let ctx = CtxArg(w);
+        let seq_blocks = lay.n_seqs.clamp(1, 1 << 20) as u32;
+        for (f, grid) in &self.functions {
+            let cfg = match grid {
+                Grid::PerSequence => LaunchConfig {
+                    grid_dim: (seq_blocks, 1, 1),
+                    block_dim: (PASS_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                Grid::Single => LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (SMALL_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            };
+            let mut b = stream.launch_builder(f);
+            b.arg(&ctx);
+            // SAFETY: the kernel's only parameter is `RloCtx`, whose words were filled above from
+            // live device allocations (layout, workspace) and the caller's input pointers (see
+            // this function's contract); launch dimensions match `__launch_bounds__`.
+            unsafe { b.launch(cfg) }.map_err(drv("kernel launch"))?;
+        }
+        drop(syncs);
+        Ok(())
+    }
+}
+
+fn download(
+    stream: &Arc<CudaStream>,
+    ws: &Workspace,
+    slot: usize,
+) -> Result<Vec<f64>, RuntimeError> {
+    let b = ws
+        .buffer(slot)
+        .ok_or_else(|| RuntimeError::Cuda(format!("result slot {slot} has no buffer")))?;
+    let v = stream.clone_dtoh(b).map_err(drv("copy to host"))?;
+    Ok(v.into_iter().map(f64::from).collect())
+}
+
+/// `Backend::Cuda` on a host batch: packed layout, f32 inputs; results copied back as f64.
+pub fn evaluate(c: &Compiled, batch: &Batch, params: &[f64]) -> Result<Evaluation, RuntimeError> {
+    let dev = CudaDevice::global()?;
+    let opts = CudaOptions {
+        layout: TokLayout::Packed,
+        tok_dtype: StorageType::F32,
+        sources: Some(c.sources.clone()),
+    };
+    let obj = CudaObjective::from_compiled(dev, c, &opts)?;
+    let stream = &dev.stream;
+    let lay = DeviceLayout::packed(stream, &batch.layout)?;
+    let mut inputs = Vec::new();
+    for inp in &c.module.inputs {
+        let v = batch
+            .values
+            .get(&inp.name)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                name: inp.name.clone(),
+                expected: format!("{} values", batch.layout.count(inp.ty.level)),
+            })?;
+        let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        inputs.push(upload(stream, &f)?);
+    }
+    let mut syncs = Vec::new();
+    let mut ptrs = Vec::new();
+    for d in &inputs {
+        let (p, s) = d.device_ptr(stream);
+        ptrs.push(p);
+        syncs.push(s);
+    }
+    let mut ws = Workspace::new(stream, &obj.program, &lay)?;
+    // SAFETY: `ptrs` point to the buffers uploaded above, one per module input with
+    // `layout.count(level)` f32 values (packed layout, f32 storage as requested in `opts`); they
+    // live until the synchronize below.
+    unsafe { obj.launch(stream, &lay, &ptrs, &mut ws, params)? };
+    stream.synchronize().map_err(drv("synchronize"))?;
+    drop(syncs);
+    let p = &obj.program;
+    let loss = download(stream, &ws, p.loss.slot)?
+        .first()
+        .copied()
+        .unwrap_or(0.0);
+    let mut metrics = Vec::new();
+    for r in &p.metrics {
+        metrics.push(
+            download(stream, &ws, r.slot)?
+                .first()
+                .copied()
+                .unwrap_or(0.0),
+        );
+    }
+    let mut grads = Vec::new();
+    for r in &p.grads {
+        let mut v = download(stream, &ws, r.slot)?;
+        v.truncate(lay.count(r.level));
+        grads.push(v);
+    }
+    let mut outputs = Vec::new();
+    for r in &p.outputs {
+        let mut v = download(stream, &ws, r.slot)?;
+        v.truncate(lay.count(r.level));
+        outputs.push(v);
+    }
+    Ok(Evaluation {
+        loss,
+        grads,
+        metrics,
+        outputs,
+    })
+}
+
+/// Uploads f64 values as the storage type of a token input (used by the benchmark).
+pub fn upload_as(
+    stream: &Arc<CudaStream>,
+    v: &[f32],
+    ty: StorageType,
+) -> Result<(CudaSlice<u8>, usize), RuntimeError> {
+    let bytes: Vec<u8> = match ty {
+        StorageType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        StorageType::Bf16 => v
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+            .collect(),
+        StorageType::F16 => v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
+            .collect(),
+    };
+    let n = bytes.len();
+    Ok((upload(stream, &bytes)?, n))
+}
