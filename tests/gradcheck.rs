@@ -22,6 +22,8 @@ use rlo_tests::*;
 #[derive(Default, Debug)]
 struct Stats {
     checked: usize,
+    /// Coordinates with a nonzero gradient (the checks are not vacuous).
+    nonzero: usize,
     kinks: usize,
     /// Batches where the loss itself is not finite (the objective's own domain, e.g. ORPO's
     /// log(1 − e^mean) of an empty sequence): nothing to differentiate.
@@ -66,6 +68,7 @@ fn check(m: &Module, s: &Schedule, batch: &Batch, params: &[f64], st: &mut Stats
             let err = (ad - fd).abs();
             let tol = 1e-6 * ad.abs().max(fd.abs()) + 1e-8 * (1.0 + f0.abs());
             st.checked += 1;
+            st.nonzero += usize::from(ad != 0.0);
             if err <= tol {
                 continue;
             }
@@ -362,11 +365,17 @@ fn random_modules() {
             rlo_compiler::ir::display_module(&m)
         );
         total.checked += st.checked;
+        total.nonzero += st.nonzero;
         total.kinks += st.kinks;
     }
     eprintln!(
-        "gradcheck: {count} random modules, {} coordinates checked, {} skipped at kinks",
-        total.checked, total.kinks
+        "gradcheck: {count} random modules, {} coordinates checked ({} nonzero), {} skipped at kinks",
+        total.checked, total.nonzero, total.kinks
+    );
+    // Diff inputs that a random loss happens not to read have zero gradients (checked too).
+    assert!(
+        total.nonzero * 3 >= total.checked,
+        "too many zero gradients: {total:?}"
     );
     assert!(total.kinks * 20 <= total.checked.max(1), "{total:?}");
 }
@@ -460,6 +469,7 @@ fn stdlib_objectives() {
         assert!(st.failures.is_empty(), "{path}: {:#?}", st.failures);
         total.checked += st.checked;
         total.kinks += st.kinks;
+        total.nonzero += st.nonzero;
         total.nonfinite += st.nonfinite;
     }
     eprintln!("stdlib gradcheck: {compiled} objectives, {total:?}");
