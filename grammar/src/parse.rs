@@ -27,7 +27,9 @@ struct RloParser;
 /// depth even in debug builds, whatever the caller's own stack (test threads have 2 MiB).
 const STACK_SIZE: usize = 32 * 1024 * 1024;
 
-/// Parses one file: the AST, or every syntax error found (sorted by position).
+/// Parses one file: the AST, or its syntax errors sorted by position: all stray characters and
+/// AST-level errors, and the first grammar error of each item (the parse restarts at the next
+/// item), at most 20.
 pub fn parse(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
     stacker::maybe_grow(STACK_SIZE / 2, STACK_SIZE, || parse_inner(src, file))
 }

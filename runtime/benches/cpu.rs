@@ -35,13 +35,33 @@ fn source(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
+/// Exactly the hand loop's formula: stdlib grpo at its defaults with loss_agg_mode 2 fixed and
+/// without metrics or outputs (stdlib grpo selects among 4 aggregations at run time and
+/// computes 6 metrics and the advantages as well).
+const GRPO_LEAN: &str = "
+use std::adv::grpo_adv
+use std::ratio::{token_ratio, dual_clip}
+use std::kl::k3_verl
+use std::agg::seq_mean_token_mean
+objective grpo_lean(eps: f32 = 0.2, beta: f32 = 0.04) {
+    input logp: tok diff
+    input old_logp: tok
+    input ref_logp: tok
+    input reward: seq
+    let adv = grpo_adv(reward, 1e-6)
+    let ratio = token_ratio(logp, old_logp, 20)
+    loss seq_mean_token_mean(dual_clip(ratio, adv, eps, eps, 3) + beta * k3_verl(logp, ref_logp))
+}
+";
+
 fn compile(name: &str) -> Compiled {
-    rlo_compiler::compile(
-        &format!("stdlib/{name}.rlo"),
-        &source(name),
-        &Default::default(),
-    )
-    .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
+    let text = if name == "grpo_lean" {
+        GRPO_LEAN.to_string()
+    } else {
+        source(name)
+    };
+    rlo_compiler::compile(&format!("stdlib/{name}.rlo"), &text, &Default::default())
+        .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
 }
 
 fn make_batch(b: usize, t: usize, seed: u64) -> Batch {
@@ -221,16 +241,11 @@ fn main() {
         let full = make_batch(b, t, 7);
         let n = full.layout.n_tokens();
         let reps = if n > 1_000_000 { 3 } else { 5 };
-        for name in ["grpo", "dapo", "gspo"] {
+        for name in ["grpo", "grpo_lean", "dapo", "gspo"] {
             let c = compile(name);
             let batch = restrict(&full, &c);
             let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
-            let sched = if c.schedule.stages.is_empty() {
-                rlo_compiler::back::clif::one_pass_schedule(&c.module)
-            } else {
-                c.schedule.clone()
-            };
-            let k = CpuKernel::compile(&c.module, &sched, ClifOptions::default())
+            let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let mut bound = Bound::<f32>::new(&k, &c.module, &batch).expect("bind");
             let t1 = time(reps, || k.run(&mut bound, &params, 1).expect("run"));
@@ -242,7 +257,7 @@ fn main() {
                 interp(&c, &sub, &params);
             });
             let interp_rate = mtok(ns, ti);
-            let (hand, ratio_hand) = if name == "grpo" {
+            let (hand, ratio_hand) = if name.starts_with("grpo") {
                 let f = |k: &str| {
                     batch.values[k]
                         .iter()
@@ -277,7 +292,7 @@ fn main() {
                     })
                     .unwrap_or(f64::NAN);
                 eprintln!(
-                    "grpo {b}x{t}: hand loss {loss}, cpu loss {}, max |grad diff| {gdiff:e}",
+                    "{name} {b}x{t}: hand loss {loss}, cpu loss {}, max |grad diff| {gdiff:e}",
                     cpu_eval.loss
                 );
                 (
@@ -312,5 +327,5 @@ fn main() {
 }
 
 fn interp(c: &Compiled, b: &Batch, params: &[f64]) {
-    let _ = (c, b, params);
+    rlo_compiler::back::interp::evaluate(&c.module, &c.schedule, b, params).expect("interpreter");
 }

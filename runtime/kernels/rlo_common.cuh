@@ -165,10 +165,20 @@ __device__ void rlo_seq_scan(int kind, long long len, X x, D d, S st) {
 // -----------------------------------------------------------------------------------------------
 // order statistics
 //
+// The order of Rank and Quantile (spec): IEEE, -0 == +0, NaN after every number, NaNs equal.
+
+__device__ __forceinline__ bool rlo_before(float y, float x) {
+    return y == y && (x != x || y < x);
+}
+__device__ __forceinline__ bool rlo_same(float y, float x) {
+    return y == x || (y != y && x != x);
+}
+//
 // `each(f)` calls f(value) for this thread's share of the elements of one set (block version) or
 // for all elements in a fixed order (serial version). Ties do not matter for the value.
 
 __device__ __forceinline__ unsigned rlo_key(float f) {
+    if (f != f) { return 0xffffffffu; }  // every NaN after +inf
     const unsigned u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
@@ -226,7 +236,7 @@ __device__ float rlo_serial_kth(E each, unsigned long long k) {
     each([&](float x) {
         unsigned long long rank = 0, jj = 0;
         each([&](float y) {
-            if (y < x || (y == x && jj < j)) { ++rank; }
+            if (rlo_before(y, x) || (rlo_same(y, x) && jj < j)) { ++rank; }
             ++jj;
         });
         if (rank == k) { found = x; }

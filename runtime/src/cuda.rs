@@ -69,17 +69,23 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 
 /// Checks that NVRTC can be loaded. `Err` says where it was looked for.
 pub fn nvrtc_probe() -> Result<(), RuntimeError> {
-    static PRELOADED: OnceLock<Option<libloading::Library>> = OnceLock::new();
+    static PRELOADED: OnceLock<Option<Vec<libloading::Library>>> = OnceLock::new();
     if let Ok(dir) = std::env::var("RLO_NVRTC_LIB_DIR") {
         let lib = PRELOADED.get_or_init(|| {
-            let path = PathBuf::from(&dir).join("libnvrtc.so.13");
-            // SAFETY: opening NVRTC runs its (trusted, NVIDIA-provided) initializers only; the
-            // handle is kept for the whole process so the library is never unloaded.
-            unsafe { libloading::Library::new(path) }.ok()
+            // the builtins first: NVRTC opens them by soname, which then matches the open one
+            ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"]
+                .iter()
+                .map(|name| {
+                    let path = PathBuf::from(&dir).join(name);
+                    // SAFETY: opening NVRTC runs its (trusted, NVIDIA-provided) initializers
+                    // only; the handles are kept for the whole process (never unloaded).
+                    unsafe { libloading::Library::new(path) }.ok()
+                })
+                .collect()
         });
         if lib.is_none() {
             return Err(RuntimeError::CudaUnavailable(format!(
-                "RLO_NVRTC_LIB_DIR={dir} but {dir}/libnvrtc.so.13 could not be opened"
+                "RLO_NVRTC_LIB_DIR={dir} but {dir}/libnvrtc.so.13 or libnvrtc-builtins.so.13.0 could not be opened"
             )));
         }
     }
@@ -297,4 +303,19 @@ impl CudaDevice {
             map.clear();
         }
     }
+}
+
+/// The generated CUDA of a compiled objective as `rloc emit cuda` shows it (packed layout, f32
+/// inputs, span comments; without the prepended `rlo_common.cuh`).
+pub fn emit_text(c: &rlo_compiler::Compiled) -> Result<String, RuntimeError> {
+    let opts = rlo_compiler::back::cuda::CudaOptions {
+        sources: Some(c.sources.clone()),
+        ..Default::default()
+    };
+    rlo_compiler::back::cuda::emit(&c.module, &c.schedule, &opts)
+        .map(|p| p.source)
+        .map_err(|e| RuntimeError::CudaCodegen {
+            location: c.sources.location(e.span),
+            message: e.message,
+        })
 }

@@ -35,11 +35,15 @@ pub struct DeviceLayout {
     pub n_tokens: usize,
     /// `T` for padded `[B, T]` data, 0 for packed.
     pub tok_stride: usize,
+    pub n_turns: usize,
     seq_off: CudaSlice<i32>,
     seq_len: CudaSlice<i32>,
     seq_group: CudaSlice<i32>,
     group_off: CudaSlice<i32>,
     group_seqs: CudaSlice<i32>,
+    turn_off: CudaSlice<i32>,
+    /// Per token (packed, or `[B, T]` padded); `None`: one turn per sequence.
+    tok_turn: Option<CudaSlice<i32>>,
 }
 
 fn to_i32(v: usize, what: &str) -> Result<i32, RuntimeError> {
@@ -60,13 +64,31 @@ fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
 }
 
 impl DeviceLayout {
-    /// From lengths, group ids (`0..n_groups`, every group non-empty) and the token layout.
+    /// From lengths, group ids (`0..n_groups`, every group non-empty) and the token layout;
+    /// one turn per sequence.
     pub fn new(
         stream: &Arc<CudaStream>,
         lengths: &[usize],
         seq_group: &[u32],
         n_groups: usize,
         tok_stride: usize,
+    ) -> Result<DeviceLayout, RuntimeError> {
+        let turn_off: Vec<usize> = (0..=lengths.len()).collect();
+        DeviceLayout::with_turns(
+            stream, lengths, seq_group, n_groups, tok_stride, &turn_off, None,
+        )
+    }
+
+    /// Like [`DeviceLayout::new`] with turn data: `turn_off` (B+1 packed turn offsets) and the
+    /// packed turn of every token (laid out like the tokens: packed, or `[B, T]` padded).
+    pub fn with_turns(
+        stream: &Arc<CudaStream>,
+        lengths: &[usize],
+        seq_group: &[u32],
+        n_groups: usize,
+        tok_stride: usize,
+        turn_off: &[usize],
+        tok_turn: Option<&[u32]>,
     ) -> Result<DeviceLayout, RuntimeError> {
         let b = lengths.len();
         let mut off = Vec::with_capacity(b + 1);
@@ -122,11 +144,33 @@ impl DeviceLayout {
             });
         }
         let sg: Vec<i32> = seq_group.iter().map(|&g| g as i32).collect();
+        if turn_off.len() != b + 1 {
+            return Err(RuntimeError::Layout {
+                message: format!("{} turn offsets for {b} sequences", turn_off.len()),
+            });
+        }
+        let to: Vec<i32> = turn_off
+            .iter()
+            .map(|&x| to_i32(x, "turns"))
+            .collect::<Result<_, _>>()?;
+        let tt = match tok_turn {
+            Some(v) => {
+                let v: Vec<i32> = v
+                    .iter()
+                    .map(|&x| to_i32(x as usize, "turns"))
+                    .collect::<Result<_, _>>()?;
+                Some(upload(stream, &v)?)
+            }
+            None => None,
+        };
         Ok(DeviceLayout {
             n_seqs: b,
             n_groups,
             n_tokens: acc,
             tok_stride,
+            n_turns: turn_off.last().copied().unwrap_or(0),
+            turn_off: upload(stream, &to)?,
+            tok_turn: tt,
             seq_off: upload(stream, &off)?,
             seq_len: upload(stream, &len)?,
             seq_group: upload(stream, &sg)?,
@@ -135,16 +179,25 @@ impl DeviceLayout {
         })
     }
 
-    /// The packed layout of a bound batch (single-turn data only).
+    /// The packed layout of a bound batch, turns included.
     pub fn packed(stream: &Arc<CudaStream>, l: &Layout) -> Result<DeviceLayout, RuntimeError> {
         let lengths: Vec<usize> = l.seq_offsets.windows(2).map(|w| w[1] - w[0]).collect();
-        DeviceLayout::new(stream, &lengths, &l.seq_group, l.n_groups, 0)
+        DeviceLayout::with_turns(
+            stream,
+            &lengths,
+            &l.seq_group,
+            l.n_groups,
+            0,
+            &l.turn_offsets,
+            Some(&l.tok_turn),
+        )
     }
 
     /// Elements of a buffer at `level`.
     pub fn count(&self, level: Level) -> usize {
         match level {
-            Level::Tok | Level::Turn => {
+            Level::Turn => self.n_turns,
+            Level::Tok => {
                 if self.tok_stride > 0 {
                     self.n_seqs * self.tok_stride
                 } else {
@@ -161,7 +214,7 @@ impl DeviceLayout {
 /// The device buffers of one program for one batch shape; reused across steps (a training step
 /// with the same shape allocates nothing).
 pub struct Workspace {
-    dims: (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize, usize),
     /// One per slot; `None` for inputs.
     bufs: Vec<Option<CudaSlice<f32>>>,
 }
@@ -184,14 +237,27 @@ impl Workspace {
             });
         }
         Ok(Workspace {
-            dims: (lay.n_seqs, lay.n_groups, lay.n_tokens, lay.tok_stride),
+            dims: (
+                lay.n_seqs,
+                lay.n_groups,
+                lay.n_tokens,
+                lay.tok_stride,
+                lay.n_turns,
+            ),
             bufs,
         })
     }
 
     /// Whether this workspace fits a layout (same counts).
     pub fn fits(&self, lay: &DeviceLayout) -> bool {
-        self.dims == (lay.n_seqs, lay.n_groups, lay.n_tokens, lay.tok_stride)
+        self.dims
+            == (
+                lay.n_seqs,
+                lay.n_groups,
+                lay.n_tokens,
+                lay.tok_stride,
+                lay.n_turns,
+            )
     }
 
     /// The device buffer of slot `slot` (roots: see `CudaProgram::{loss,grads,..}`).
@@ -293,19 +359,25 @@ impl CudaObjective {
             put(1, lay.n_groups as u64);
             put(2, lay.n_tokens as u64);
             put(3, lay.tok_stride as u64);
+            put(4, lay.n_turns as u64);
             for (k, a) in [
-                &lay.seq_off,
-                &lay.seq_len,
-                &lay.seq_group,
-                &lay.group_off,
-                &lay.group_seqs,
+                Some(&lay.seq_off),
+                Some(&lay.seq_len),
+                Some(&lay.seq_group),
+                Some(&lay.group_off),
+                Some(&lay.group_seqs),
+                Some(&lay.turn_off),
+                lay.tok_turn.as_ref(),
             ]
             .into_iter()
             .enumerate()
             {
-                let (ptr, sync) = a.device_ptr(stream);
-                syncs.push(sync);
-                put(4 + k, ptr);
+                // a null tok_turn means one turn per sequence (see RLO_TURN)
+                if let Some(a) = a {
+                    let (ptr, sync) = a.device_ptr(stream);
+                    syncs.push(sync);
+                    put(5 + k, ptr);
+                }
             }
             for (k, s) in p.slots.iter().enumerate() {
                 let ptr = match s {
@@ -368,11 +440,6 @@ fn download(
 
 /// `Backend::Cuda` on a host batch: packed layout, f32 inputs; results copied back as f64.
 pub fn evaluate(c: &Compiled, batch: &Batch, params: &[f64]) -> Result<Evaluation, RuntimeError> {
-    if batch.layout.n_turns() != batch.layout.n_seqs() {
-        return Err(RuntimeError::Unsupported(
-            "backend `cuda` does not support multi-turn batches yet".into(),
-        ));
-    }
     let dev = CudaDevice::global()?;
     let opts = CudaOptions {
         layout: TokLayout::Packed,

@@ -25,13 +25,15 @@
 //! bytes, so the host fills it as an array of `u64` ([`CudaProgram::ctx_words`] of them, at most
 //! [`CTX_MAX_WORDS`]). Changing a parameter never recompiles.
 //!
-//! Not supported yet (reported as a [`BackendError`]): `turn`-level values.
+//! `turn`-level values: small stages loop over each sequence's turns (`turn_off`); token
+//! passes read them through `tok_turn`; token → turn reductions run per turn at the end of the
+//! pass (binary search of the turn's token range, then a serial fold: deterministic).
 // Indexing here is by handles of the module's own arena and by side tables (`HandleVec`) made
 // with the arena's length; the validator has checked every handle before a backend runs.
 #![allow(clippy::indexing_slicing)]
 
 use crate::arena::{Handle, HandleVec};
-use crate::ir::{Expr, IndexKind, Module, ReduceOp};
+use crate::ir::{Expr, Module, ReduceOp};
 use crate::schedule::{Schedule, StageKind};
 use crate::types::{DType, Level};
 use rlo_grammar::SourceMap;
@@ -49,9 +51,10 @@ pub struct BackendError {
     pub message: String,
 }
 
-/// Words of the `RloCtx` header: n_seqs, n_groups, n_tokens, tok_stride, then the pointers
-/// seq_off, seq_len, seq_group, group_off, group_seqs (all `int32`).
-pub const CTX_HEADER_WORDS: usize = 9;
+/// Words of the `RloCtx` header: n_seqs, n_groups, n_tokens, tok_stride, n_turns, then the
+/// pointers seq_off, seq_len, seq_group, group_off, group_seqs, turn_off, tok_turn (all `int32`;
+/// `tok_turn` may be null for single-turn data: token `t` of sequence `s` is then in turn `s`).
+pub const CTX_HEADER_WORDS: usize = 12;
 /// The kernel argument is at most 4 KiB (the portable CUDA limit).
 pub const CTX_MAX_WORDS: usize = 512;
 
@@ -347,20 +350,6 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
             | Expr::Quantile { .. }
             | Expr::PosReduce { .. } => h,
         };
-        if m.level(h) == Level::Turn {
-            return Err(err(
-                m,
-                h,
-                "turn-level values are not supported by the CUDA backend yet (use the interpreter or the CPU backend)",
-            ));
-        }
-        if let Expr::Index(IndexKind::TurnIndex) = e {
-            return Err(err(
-                m,
-                h,
-                "turn_index is not supported by the CUDA backend yet",
-            ));
-        }
     }
     let mut role: HandleVec<Expr, Role> = HandleVec::new(n, Role::None);
     let mut kernels: Vec<KernelPlan> = Vec::new();
@@ -483,7 +472,14 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
         match p.role[h] {
             Role::None => {}
             Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
-                let is_scan = matches!(e, Expr::Scan { .. });
+                let is_scan = matches!(e, Expr::Scan { .. })
+                    || matches!(
+                        e,
+                        Expr::Reduce {
+                            to: Level::Turn,
+                            ..
+                        }
+                    );
                 let needs_all = matches!(e, Expr::Rank { .. } | Expr::PosReduce { .. });
                 let mut sweep = 0usize;
                 let mut body_op = false;
@@ -537,7 +533,7 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                         }
                     }
                 }
-                if is_scan && body_op {
+                if matches!(e, Expr::Scan { .. }) && body_op {
                     sweep += 1;
                 }
                 match &mut p.role[h] {
@@ -642,7 +638,7 @@ fn add_prologue(
         if all.contains(&x) || list.contains(&x) {
             continue;
         }
-        if !elementwise(&p.m.exprs[x]) {
+        if !elementwise(&p.m.exprs[x]) || p.m.level(x) == Level::Turn {
             return Err(err(
                 p.m,
                 x,

@@ -13,6 +13,10 @@ use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, ReduceOp, ScanOp, UnaryOp};
 use crate::types::{DType, Level};
 
+#[path = "cuda_small.rs"]
+mod small;
+use small::{turn_reduce, write_single};
+
 type R<T> = Result<T, BackendError>;
 
 /// Indented line writer.
@@ -77,14 +81,18 @@ pub(super) fn write_program(
     w.line("#else");
     w.line("#define RLO_TOK(s, t) ((long long)ctx.seq_off[s] + (long long)(t))");
     w.line("#endif");
+    w.line("// packed turn of a token (single-turn data: tok_turn is null and the turn is s)");
+    w.line("#define RLO_TURN(i) (ctx.tok_turn ? (long long)ctx.tok_turn[i] : (long long)(s))");
     w.line("");
     w.open("struct RloCtx {");
-    w.line("long long n_seqs, n_groups, n_tokens, tok_stride;");
+    w.line("long long n_seqs, n_groups, n_tokens, tok_stride, n_turns;");
     w.line("const int* seq_off;     // (B+1) packed token offsets");
     w.line("const int* seq_len;     // (B) valid tokens per sequence");
     w.line("const int* seq_group;   // (B) group of each sequence");
     w.line("const int* group_off;   // (G+1) offsets into group_seqs");
     w.line("const int* group_seqs;  // (B) sequences of each group, ascending");
+    w.line("const int* turn_off;    // (B+1) packed turn offsets");
+    w.line("const int* tok_turn;    // (tokens) packed turn of each token, or null");
     for s in slots {
         match s {
             Slot::Input(i) => {
@@ -252,6 +260,15 @@ fn idx(level: Level) -> &'static str {
     }
 }
 
+/// The index of a `level` value at the current element of `frame` (`frame <= level`).
+fn idx_in(level: Level, frame: Level) -> &'static str {
+    if level == Level::Turn && frame == Level::Tok {
+        "RLO_TURN(i)"
+    } else {
+        idx(level)
+    }
+}
+
 /// The C expression of `h`'s value at the current element of `frame`.
 fn val(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<String> {
     let m = p.m;
@@ -268,9 +285,15 @@ fn val(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
         Expr::Const(x) => f32_lit(x),
         Expr::Bool(b) => if b { "true" } else { "false" }.to_string(),
         Expr::Param(i) => format!("p{i}"),
-        Expr::Input(i) => load(format!("rlo_ld(ctx.in{i}, {})", idx(level)), m.ty(c).dtype),
+        Expr::Input(i) => load(
+            format!("rlo_ld(ctx.in{i}, {})", idx_in(level, frame)),
+            m.ty(c).dtype,
+        ),
         Expr::Index(IndexKind::Pos) => "((float)t)".to_string(),
-        Expr::Index(IndexKind::TurnIndex) => return Err(err(m, h, "turn_index unsupported")),
+        Expr::Index(IndexKind::TurnIndex) => format!(
+            "((float)({} - (long long)ctx.turn_off[s]))",
+            idx_in(Level::Turn, frame)
+        ),
         Expr::Unary { .. }
         | Expr::Binary { .. }
         | Expr::Select { .. }
@@ -284,7 +307,10 @@ fn val(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
             if locals.contains(&c) {
                 format!("e{}", c.index())
             } else if p.stored[c] {
-                load(format!("ctx.v{}[{}]", c.index(), idx(level)), m.ty(c).dtype)
+                load(
+                    format!("ctx.v{}[{}]", c.index(), idx_in(level, frame)),
+                    m.ty(c).dtype,
+                )
             } else {
                 return Err(err(m, h, "internal: value not available in this kernel"));
             }
@@ -365,6 +391,37 @@ fn enum_loops(elem: Level, unit: Level, strided: bool) -> Option<(Vec<String>, u
             l.extend(tok(b, st));
             (l, 2)
         }
+        (Level::Tok, Level::Turn) => {
+            let mut l = tok(b, st);
+            l.push("if (RLO_TURN(i) == k) {".to_string());
+            (l, 2)
+        }
+        (Level::Turn, Level::Seq) => (
+            vec![format!(
+                "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
+            )],
+            1,
+        ),
+        (Level::Turn, Level::Group) => (
+            vec![
+                "for (long long m = ctx.group_off[g]; m < ctx.group_off[g + 1]; ++m) {".to_string(),
+                "const long long s = ctx.group_seqs[m];".to_string(),
+                format!(
+                    "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
+                ),
+            ],
+            2,
+        ),
+        (Level::Turn, Level::Batch) => (
+            vec![
+                "for (long long s = 0; s < ctx.n_seqs; ++s) {".to_string(),
+                "const long long g = ctx.seq_group[s];".to_string(),
+                format!(
+                    "for (long long k = ctx.turn_off[s] + {b}; k < ctx.turn_off[s + 1]; k += {st}) {{"
+                ),
+            ],
+            2,
+        ),
         (Level::Seq, Level::Group) => (
             vec![
                 format!("for (long long m = ctx.group_off[g] + {b}; m < ctx.group_off[g + 1]; m += {st}) {{"),
@@ -403,17 +460,41 @@ fn unit_serial(w: &mut W, unit: Level) {
 /// A block-strided loop over the elements of `level` with `body` inside; token loops zero-fill
 /// the padding of root buffer `name` when `tail`.
 fn level_loop(p: &Plan, w: &mut W, level: Level, body: &str, tail: bool, name: &str) {
+    let tails = if tail {
+        vec![name.to_string()]
+    } else {
+        Vec::new()
+    };
+    level_loop_lines(p, w, level, &[body.to_string()], &tails);
+}
+
+/// [`level_loop`] with several body lines and the root buffers whose padding is zero-filled.
+fn level_loop_lines(p: &Plan, w: &mut W, level: Level, body: &[String], tails: &[String]) {
     match level {
-        Level::Tok | Level::Turn => {
+        Level::Turn => {
+            w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
+            for l in body {
+                w.line(l);
+            }
+            w.close("}");
+            w.close("}");
+        }
+        Level::Tok => {
             w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
             w.line("const long long g = ctx.seq_group[s];");
             w.open("for (long long t = threadIdx.x; t < RLO_LEN(s); t += blockDim.x) {");
             w.line("const long long i = RLO_TOK(s, t);");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
-            if tail && p.opts.layout == TokLayout::Padded {
+            if !tails.is_empty() && p.opts.layout == TokLayout::Padded {
                 w.open("for (long long t = RLO_LEN(s) + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
-                w.line(&format!("ctx.{name}[RLO_TOK(s, t)] = 0.0f;"));
+                for name in tails {
+                    w.line(&format!("ctx.{name}[RLO_TOK(s, t)] = 0.0f;"));
+                }
                 w.close("}");
             }
             w.close("}");
@@ -421,17 +502,23 @@ fn level_loop(p: &Plan, w: &mut W, level: Level, body: &str, tail: bool, name: &
         Level::Seq => {
             w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
             w.line("const long long g = ctx.seq_group[s];");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
         }
         Level::Group => {
             w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
         }
         Level::Batch => {
             w.open("if (threadIdx.x == 0) {");
-            w.line(body);
+            for l in body {
+                w.line(l);
+            }
             w.close("}");
         }
     }
@@ -494,12 +581,15 @@ fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<St
                 v(arg)?,
                 idx(level)
             );
+            if within == Level::Turn {
+                s.push_str("const long long k = RLO_TURN(i); ");
+            }
             for l in loops {
                 s.push_str(&l);
                 s.push(' ');
             }
             s.push_str(&format!(
-                "const float y = {}; if (y < x0 || (y == x0 && {} < j0)) {{ r += 1.0f; }} ",
+                "const float y = {}; if (rlo_before(y, x0) || (rlo_same(y, x0) && {} < j0)) {{ r += 1.0f; }} ",
                 val(p, &[], arg, level)?,
                 idx(level)
             ));
@@ -540,6 +630,19 @@ fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R<String> {
         ScanOp::DiscountedRevCumSum => "RLO_SCAN_DISCOUNTED",
         ScanOp::DiscountedCumSum => "RLO_SCAN_DISCOUNTED_FWD",
     };
+    if m.level(arg) == Level::Turn {
+        // over the turns of sequence s: position t is turn turn_off[s] + t
+        let x = val(p, locals, arg, Level::Turn)?;
+        let d = match discount {
+            Some(d) => val(p, locals, d, Level::Turn)?,
+            None => "0.0f".to_string(),
+        };
+        return Ok(format!(
+            "rlo_seq_scan({kind}, (long long)(ctx.turn_off[s + 1] - ctx.turn_off[s]), [&](long long t) -> float {{ const long long k = ctx.turn_off[s] + t; return {x}; }}, [&](long long t) -> float {{ const long long k = ctx.turn_off[s] + t; (void)k; return {d}; }}, [&](long long t, float y) {{ ctx.v{}[ctx.turn_off[s] + t] = y; }});{}",
+            h.index(),
+            span_comment(p, h)
+        ));
+    }
     let x = val(p, locals, arg, Level::Tok)?;
     let d = match discount {
         Some(d) => val(p, locals, d, Level::Tok)?,
@@ -583,6 +686,29 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         .iter()
         .copied()
         .filter(|&h| matches!(p.role[h], Role::Acc { .. }))
+        .filter(|&h| {
+            !matches!(
+                m.exprs[h],
+                Expr::Reduce {
+                    to: Level::Turn,
+                    ..
+                }
+            )
+        })
+        .collect();
+    let turn_accs: Vec<Handle<Expr>> = k
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&h| {
+            matches!(
+                m.exprs[h],
+                Expr::Reduce {
+                    to: Level::Turn,
+                    ..
+                }
+            )
+        })
         .collect();
     for &h in &accs {
         if let Expr::Reduce { op, .. } = m.exprs[h] {
@@ -615,6 +741,9 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 continue;
             }
             match m.exprs[h] {
+                Expr::Reduce {
+                    to: Level::Turn, ..
+                } => {}
                 Expr::Reduce {
                     op, arg, filter, ..
                 } => {
@@ -679,6 +808,17 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
             w.close("}");
         }
     }
+    if !turn_accs.is_empty() {
+        w.line("__syncthreads();");
+        for &h in &turn_accs {
+            w.line(&format!(
+                "// e{}: reduce tok -> turn{}",
+                h.index(),
+                span_comment(p, h)
+            ));
+            turn_reduce(p, w, h)?;
+        }
+    }
     for &h in &accs {
         let Expr::Reduce { op, to, .. } = m.exprs[h] else {
             continue;
@@ -716,257 +856,4 @@ fn open_single(p: &Plan, w: &mut W, name: &str) {
         "extern \"C\" __global__ void __launch_bounds__({SMALL_THREADS}) {name}(const RloCtx ctx) {{"
     ));
     params(p, w);
-}
-
-fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
-    open_single(p, w, &k.name);
-    for &h in &k.nodes {
-        write_stmt(p, w, h)?;
-        w.line("__syncthreads();");
-    }
-    w.close("}");
-    Ok(())
-}
-
-fn fin_value(op: ReduceOp) -> &'static str {
-    match op {
-        ReduceOp::Sum => "acc",
-        ReduceOp::Max | ReduceOp::Min => "(n > 0.0f ? acc : 0.0f)",
-    }
-}
-
-/// A reduction over the sequences of each group (one thread per group, serial) or of the batch
-/// (block-cooperative); `body` folds one element into `acc` / `n`.
-#[allow(clippy::too_many_arguments)]
-fn write_seq_reduce(
-    w: &mut W,
-    op: ReduceOp,
-    to: Level,
-    n: usize,
-    loops: &[String],
-    nc: usize,
-    body: &str,
-    sc: &str,
-) {
-    let serial = to == Level::Group;
-    w.line(&format!("// e{n}: reduce -> {to}{sc}"));
-    if serial {
-        w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-    } else {
-        unit_serial(w, to);
-    }
-    w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-    for l in loops {
-        w.open(l);
-        if !l.ends_with('{') {
-            w.indent -= 1;
-        }
-    }
-    w.line(body);
-    for _ in 0..nc {
-        w.close("}");
-    }
-    if serial {
-        w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
-    } else {
-        w.line(&format!("acc = {}(acc);", block_fn(op)));
-        w.line("n = rlo_block_sum(n);");
-        w.line(&format!(
-            "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = {}; }}",
-            idx(to),
-            fin_value(op)
-        ));
-    }
-    w.close("}");
-}
-
-fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
-    let m = p.m;
-    let n = h.index();
-    let level = m.level(h);
-    let sc = span_comment(p, h);
-    match m.exprs[h] {
-        Expr::Reduce { op, arg, to, .. } if matches!(p.role[h], Role::Acc { .. }) => {
-            // combine the per-sequence partials of a token pass, in sequence order
-            let fold = match op {
-                ReduceOp::Sum => format!("acc += ctx.q{n}[s];"),
-                ReduceOp::Max | ReduceOp::Min => format!(
-                    "if (ctx.c{n}[s] > 0.0f) {{ {} n += ctx.c{n}[s]; }}",
-                    reduce_fold(op, "acc", &format!("ctx.q{n}[s]"))
-                ),
-            };
-            let _ = arg;
-            w.line(&format!("// e{n}: combine per-sequence partials{sc}"));
-            if to == Level::Group {
-                w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-                w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-                w.open("for (long long m = ctx.group_off[g]; m < ctx.group_off[g + 1]; ++m) {");
-                w.line("const long long s = ctx.group_seqs[m];");
-                w.line(&fold);
-                w.close("}");
-                w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
-                w.close("}");
-            } else {
-                w.open("{");
-                w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-                w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
-                w.line(&fold);
-                w.close("}");
-                w.line(&format!("acc = {}(acc);", block_fn(op)));
-                w.line("n = rlo_block_sum(n);");
-                w.line(&format!(
-                    "if (threadIdx.x == 0) {{ ctx.v{n}[0] = {}; }}",
-                    fin_value(op)
-                ));
-                w.close("}");
-            }
-        }
-        Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter: None,
-        } if m.level(arg) == Level::Tok && m.level(p.canon[arg]) >= Level::Seq => {
-            // a per-sequence constant over the tokens (seq_len, num_tokens, ...): closed form
-            // per sequence, no token loop
-            let c = val(p, &[], arg, Level::Seq)?;
-            let per_seq = match op {
-                ReduceOp::Sum => format!("({c} * (float)RLO_LEN(s))"),
-                ReduceOp::Max | ReduceOp::Min => format!("(RLO_LEN(s) > 0 ? {c} : 0.0f)"),
-            };
-            if to == Level::Seq {
-                let body = format!("ctx.v{n}[s] = {per_seq};{sc}");
-                level_loop(p, w, Level::Seq, &body, false, "");
-            } else {
-                let (loops, nc) = enum_loops(Level::Seq, to, to != Level::Group)
-                    .ok_or_else(|| err(m, h, "unsupported reduction levels"))?;
-                let value = match op {
-                    ReduceOp::Sum => per_seq,
-                    ReduceOp::Max | ReduceOp::Min => c,
-                };
-                let mut body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &value));
-                if op != ReduceOp::Sum {
-                    body = format!("if (RLO_LEN(s) > 0) {{ {body} }}");
-                }
-                write_seq_reduce(w, op, to, n, &loops, nc, &body, &sc);
-            }
-        }
-        Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter,
-        } => {
-            let el = m.level(arg);
-            let serial = el == Level::Seq && to == Level::Group;
-            let (loops, nc) = enum_loops(el, to, !serial)
-                .ok_or_else(|| err(m, h, "unsupported reduction levels"))?;
-            let v = val(p, &[], arg, el)?;
-            let body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &v));
-            let body = match filter {
-                Some(f) => format!("if ({}) {{ {body} }}", val(p, &[], f, el)?),
-                None => body,
-            };
-            w.line(&format!("// e{n}: reduce {el} -> {to}{sc}"));
-            if serial {
-                w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-            } else {
-                unit_serial(w, to);
-            }
-            w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-            for l in &loops {
-                w.open(l);
-                if !l.ends_with('{') {
-                    w.indent -= 1;
-                }
-            }
-            w.line(&body);
-            for _ in 0..nc {
-                w.close("}");
-            }
-            if serial {
-                w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
-            } else {
-                w.line(&format!("acc = {}(acc);", block_fn(op)));
-                w.line("n = rlo_block_sum(n);");
-                w.line(&format!(
-                    "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = {}; }}",
-                    idx(to),
-                    fin_value(op)
-                ));
-            }
-            w.close("}");
-        }
-        Expr::Quantile { arg, q, to, filter } => {
-            let el = m.level(arg);
-            let serial = el == Level::Seq && to == Level::Group;
-            let (loops, nc) = enum_loops(el, to, !serial)
-                .ok_or_else(|| err(m, h, "unsupported quantile levels"))?;
-            let v = val(p, &[], arg, el)?;
-            let call = match filter {
-                Some(f) => format!("if ({}) {{ f({v}); }}", val(p, &[], f, el)?),
-                None => format!("f({v});"),
-            };
-            w.line(&format!("// e{n}: quantile {el} -> {to}{sc}"));
-            if serial {
-                w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-            } else {
-                unit_serial(w, to);
-            }
-            let mut each = String::from("auto each = [&](auto&& f) { ");
-            for l in &loops {
-                each.push_str(l);
-                each.push(' ');
-            }
-            each.push_str(&call);
-            for _ in 0..nc {
-                each.push_str(" }");
-            }
-            each.push_str(" };");
-            w.line(&each);
-            let qv = val(p, &[], q, to)?;
-            if serial {
-                w.line(&format!("ctx.v{n}[g] = rlo_serial_quantile(each, {qv});"));
-            } else {
-                w.line(&format!("const float r = rlo_block_quantile(each, {qv});"));
-                w.line(&format!(
-                    "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = r; }}",
-                    idx(to)
-                ));
-            }
-            w.close("}");
-        }
-        Expr::Scan { .. } => {
-            w.line(&format!("// e{n}: scan, one sequence at a time"));
-            w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
-            w.line(&scan_call(p, &[], h)?);
-            if p.tok_root[h] && p.opts.layout == TokLayout::Padded {
-                w.open("for (long long t = RLO_LEN(s) + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
-                w.line(&format!("ctx.v{n}[RLO_TOK(s, t)] = 0.0f;"));
-                w.close("}");
-            }
-            w.close("}");
-        }
-        Expr::Unary { .. }
-        | Expr::Binary { .. }
-        | Expr::Select { .. }
-        | Expr::Rank { .. }
-        | Expr::PosReduce { .. } => {
-            let e = rhs(p, &[], h, level)?;
-            let body = format!("ctx.v{n}[{}] = {};{sc}", idx(level), store_expr(p, h, &e));
-            level_loop(p, w, level, &body, p.tok_root[h], &format!("v{n}"));
-        }
-        Expr::Const(_)
-        | Expr::Bool(_)
-        | Expr::Param(_)
-        | Expr::Input(_)
-        | Expr::Index(_)
-        | Expr::Broadcast { .. }
-        | Expr::Detach { .. } => {
-            if !is_inline(&m.exprs[h]) {
-                return Err(err(m, h, "internal: alias scheduled as a statement"));
-            }
-        }
-    }
-    Ok(())
 }
