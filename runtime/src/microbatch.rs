@@ -154,22 +154,15 @@ pub fn merge_into(
     Ok(())
 }
 
-/// What the analysis decided, in the runtime's terms.
-struct Analysis {
-    frozen: Vec<rlo_compiler::Handle<rlo_compiler::ir::Expr>>,
-    grads: Vec<Merge>,
-    metrics: Vec<Merge>,
-    outputs: Vec<Merge>,
-}
-
 /// A micro-batch plan for one objective: build once, evaluate every step.
 pub struct Plan {
     /// Normalizers computed by the pre-pass (the analysis' `prepass` nodes).
     pub frozen: Vec<rlo_compiler::Handle<rlo_compiler::ir::Expr>>,
+    /// How each gradient, metric and output combines over parts.
     pub grads: Vec<Merge>,
     pub metrics: Vec<Merge>,
     pub outputs: Vec<Merge>,
-    /// Computes the normalizers (as outputs, in `analysis.frozen` order) on the whole step.
+    /// Computes the normalizers (as outputs, in `frozen` order) on the whole step.
     prepass: Option<Objective>,
     /// What each part runs (normalizers as `__frozen.<node>` inputs).
     part: Objective,
@@ -191,19 +184,16 @@ impl Plan {
                 explanation: d.render(&c.sources, false),
             });
         }
-        let analysis = Analysis {
-            frozen: sp.prepass,
-            grads: m
-                .grads
-                .iter()
-                .map(|g| split_plan::grad_merge(input_level(m, g.input)))
-                .collect(),
-            metrics: sp.metrics.into_iter().map(Merge::of).collect(),
-            outputs: sp.outputs.into_iter().map(Merge::of).collect(),
-        };
-        let prepass = (!analysis.frozen.is_empty()).then(|| {
-            let roots = analysis
-                .frozen
+        let frozen = sp.prepass;
+        let grads: Vec<Merge> = m
+            .grads
+            .iter()
+            .map(|g| split_plan::grad_merge(input_level(m, g.input)))
+            .collect();
+        let metrics: Vec<Merge> = sp.metrics.into_iter().map(Merge::of).collect();
+        let outputs: Vec<Merge> = sp.outputs.into_iter().map(Merge::of).collect();
+        let prepass = (!frozen.is_empty()).then(|| {
+            let roots = frozen
                 .iter()
                 .map(|&h| rlo_compiler::ir::Named {
                     name: split_plan::frozen_name(h),
@@ -218,8 +208,8 @@ impl Plan {
         let whole_roots: Vec<_> = m
             .metrics
             .iter()
-            .zip(&analysis.metrics)
-            .chain(m.outputs.iter().zip(&analysis.outputs))
+            .zip(&metrics)
+            .chain(m.outputs.iter().zip(&outputs))
             .filter(|(_, &how)| how == Merge::Whole)
             .map(|(x, _)| x.clone())
             .collect();
@@ -227,13 +217,13 @@ impl Plan {
             compiled: split_plan::recompiled(c, split_plan::roots_module(m, whole_roots)),
         });
         let part = Objective {
-            compiled: split_plan::recompiled(c, split_plan::part_module(m, &analysis.frozen)),
+            compiled: split_plan::recompiled(c, split_plan::part_module(m, &frozen)),
         };
         Ok(Plan {
-            frozen: analysis.frozen,
-            grads: analysis.grads,
-            metrics: analysis.metrics,
-            outputs: analysis.outputs,
+            frozen,
+            grads,
+            metrics,
+            outputs,
             prepass,
             part,
             whole,
