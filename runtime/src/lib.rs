@@ -76,13 +76,13 @@ impl Objective {
         backend: Backend,
     ) -> Result<Evaluation, RuntimeError> {
         if params.len() != self.compiled.module.params.len() {
-            return Err(RuntimeError::Unsupported(format!(
-                "objective `{}` takes {} parameters, got {}",
-                self.compiled.module.name,
-                self.compiled.module.params.len(),
-                params.len()
-            )));
+            return Err(RuntimeError::ParamCount {
+                objective: self.compiled.module.name.clone(),
+                expected: self.compiled.module.params.len(),
+                got: params.len(),
+            });
         }
+        check_batch(&self.compiled.module, batch)?;
         match backend {
             Backend::Interp => interp_evaluate(&self.compiled, batch, params),
             Backend::Cpu => Ok(cpu::evaluate(
@@ -117,6 +117,35 @@ impl std::str::FromStr for Backend {
             )),
         }
     }
+}
+
+/// A batch every backend can trust: valid layout, one value per element for every input.
+pub fn check_batch(m: &rlo_compiler::Module, batch: &Batch) -> Result<(), RuntimeError> {
+    batch
+        .layout
+        .validate()
+        .map_err(|message| RuntimeError::Layout { message })?;
+    for input in &m.inputs {
+        let expected = batch.layout.count(input.ty.level);
+        match batch.values.get(&input.name) {
+            None => {
+                return Err(RuntimeError::MissingTensor {
+                    name: input.name.clone(),
+                    expected: format!("{expected} `{}` values", input.ty),
+                })
+            }
+            Some(v) if v.len() != expected => {
+                return Err(RuntimeError::InputLength {
+                    name: input.name.clone(),
+                    level: input.ty.level.to_string(),
+                    expected,
+                    got: v.len(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The reference interpreter on a compiled objective.

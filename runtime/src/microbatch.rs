@@ -2,8 +2,9 @@
 //! data-parallel shards), split at sequence boundaries into parts of any sizes, with summed
 //! gradients equal to the whole-batch gradient.
 //!
-//! [`Plan::new`] runs the split analysis (`split_plan.rs`: which values are normalizers computed
-//! over the whole step by a pre-pass, whether the rest sums over parts) and builds the modules;
+//! [`Plan::new`] runs the compiler's split analysis (`rlo_compiler::split`: which values are
+//! normalizers computed over the whole step by a pre-pass, whether the rest sums over parts) and
+//! builds the modules (`split_plan.rs`);
 //! [`Plan::evaluate`] runs the pre-pass, cuts the batch into parts ([`split`]), evaluates each part
 //! with the normalizers fixed, and puts the parts' results together ([`merge_into`]). Objectives
 //! that are not splittable get [`RuntimeError::NotSplittable`] with the explanation rendered
@@ -153,9 +154,21 @@ pub fn merge_into(
     Ok(())
 }
 
+/// What the analysis decided, in the runtime's terms.
+struct Analysis {
+    frozen: Vec<rlo_compiler::Handle<rlo_compiler::ir::Expr>>,
+    grads: Vec<Merge>,
+    metrics: Vec<Merge>,
+    outputs: Vec<Merge>,
+}
+
 /// A micro-batch plan for one objective: build once, evaluate every step.
 pub struct Plan {
-    pub analysis: split_plan::Analysis,
+    /// Normalizers computed by the pre-pass (the analysis' `prepass` nodes).
+    pub frozen: Vec<rlo_compiler::Handle<rlo_compiler::ir::Expr>>,
+    pub grads: Vec<Merge>,
+    pub metrics: Vec<Merge>,
+    pub outputs: Vec<Merge>,
     /// Computes the normalizers (as outputs, in `analysis.frozen` order) on the whole step.
     prepass: Option<Objective>,
     /// What each part runs (normalizers as `__frozen.<node>` inputs).
@@ -171,10 +184,23 @@ impl Plan {
     pub fn new(obj: &Objective) -> Result<Plan, RuntimeError> {
         let c = &obj.compiled;
         let m = &c.module;
-        let analysis = split_plan::analyze(m).map_err(|e| RuntimeError::NotSplittable {
-            objective: m.name.clone(),
-            explanation: e.to_diagnostic(&m.name).render(&c.sources, false),
-        })?;
+        let sp = rlo_compiler::split::analyze(m);
+        if let Some(d) = split_plan::refusal(m, &sp) {
+            return Err(RuntimeError::NotSplittable {
+                objective: m.name.clone(),
+                explanation: d.render(&c.sources, false),
+            });
+        }
+        let analysis = Analysis {
+            frozen: sp.prepass,
+            grads: m
+                .grads
+                .iter()
+                .map(|g| split_plan::grad_merge(input_level(m, g.input)))
+                .collect(),
+            metrics: sp.metrics.into_iter().map(Merge::of).collect(),
+            outputs: sp.outputs.into_iter().map(Merge::of).collect(),
+        };
         let prepass = (!analysis.frozen.is_empty()).then(|| {
             let roots = analysis
                 .frozen
@@ -204,7 +230,10 @@ impl Plan {
             compiled: split_plan::recompiled(c, split_plan::part_module(m, &analysis.frozen)),
         };
         Ok(Plan {
-            analysis,
+            frozen: analysis.frozen,
+            grads: analysis.grads,
+            metrics: analysis.metrics,
+            outputs: analysis.outputs,
             prepass,
             part,
             whole,
@@ -232,7 +261,7 @@ impl Plan {
                 }
             }
             let r = pre.evaluate(&nondiff, params, backend)?;
-            for (&h, v) in self.analysis.frozen.iter().zip(r.outputs) {
+            for (&h, v) in self.frozen.iter().zip(r.outputs) {
                 augmented.values.insert(split_plan::frozen_name(h), v);
             }
         }
@@ -255,11 +284,11 @@ impl Plan {
                 .grads
                 .iter()
                 .zip(&mut out.grads)
-                .zip(r.grads.iter().zip(&self.analysis.grads))
+                .zip(r.grads.iter().zip(&self.grads))
             {
                 merge_into(acc, v, input_level(m, g.input), how, layout, p)?;
             }
-            for (i, &how) in self.analysis.metrics.iter().enumerate() {
+            for (i, &how) in self.metrics.iter().enumerate() {
                 let v = r.metrics.get(i).copied().unwrap_or(0.0);
                 match how {
                     Merge::Sum => out.metrics[i] += v,
@@ -267,7 +296,7 @@ impl Plan {
                     Merge::Whole => {}
                 }
             }
-            for (i, &how) in self.analysis.outputs.iter().enumerate() {
+            for (i, &how) in self.outputs.iter().enumerate() {
                 if how != Merge::Whole {
                     let level = m.level(m.outputs[i].value);
                     let v = r.outputs.get(i).map(|v| &v[..]).unwrap_or(&[]);
@@ -278,12 +307,12 @@ impl Plan {
         if let Some(whole) = &self.whole {
             let r = whole.evaluate(batch, params, backend)?;
             let mut it = r.outputs.into_iter();
-            for (i, &how) in self.analysis.metrics.iter().enumerate() {
+            for (i, &how) in self.metrics.iter().enumerate() {
                 if how == Merge::Whole {
                     out.metrics[i] = it.next().and_then(|v| v.first().copied()).unwrap_or(0.0);
                 }
             }
-            for (i, &how) in self.analysis.outputs.iter().enumerate() {
+            for (i, &how) in self.outputs.iter().enumerate() {
                 if how == Merge::Whole {
                     out.outputs[i] = it.next().unwrap_or_default();
                 }
