@@ -4,7 +4,8 @@
 use rlo_compiler::back::clif;
 
 fn compiled(name: &str) -> rlo_compiler::Compiled {
-    let text = rlo_compiler::stdlib::module_source(name).unwrap_or_else(|| panic!("no stdlib {name}"));
+    let text =
+        rlo_compiler::stdlib::module_source(name).unwrap_or_else(|| panic!("no stdlib {name}"));
     rlo_compiler::compile(&format!("stdlib/{name}.rlo"), text, &Default::default())
         .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
 }
@@ -20,7 +21,11 @@ fn grpo_clif() {
 fn gspo_clif() {
     let c = compiled("gspo");
     let text = clif::emit_text(&c).expect("emits");
-    assert_eq!(c.schedule.token_passes(), 2, "gspo needs two passes over the tokens");
+    assert_eq!(
+        c.schedule.token_passes(),
+        2,
+        "gspo needs two passes over the tokens"
+    );
     insta::assert_snapshot!("gspo", text);
 }
 
