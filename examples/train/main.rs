@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LossArg::Rlo)]
     loss: LossArg,
     /// RL steps.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 200)]
     steps: usize,
     /// Most supervised warm-up steps before RL (skipped with --resume).
     #[arg(long, default_value_t = 1500)]

@@ -52,7 +52,7 @@ impl Default for TrainConfig {
             sft_steps: 1500,
             sft_batch: 64,
             sft_lr: 3e-3,
-            steps: 80,
+            steps: 200,
             prompts_per_step: 16,
             group_size: 8,
             temperature: 1.0,
