@@ -708,3 +708,80 @@ fn random_tensor_sets_never_panic() {
     }
     assert!(bound > 0 && bound < 6000, "{bound}");
 }
+
+#[test]
+fn evaluate_checks_hand_built_batches() {
+    use rlo_runtime::{Backend, Objective};
+    let src = "objective o() {\n    input logp: tok diff\n    input reward: seq\n    loss batch_mean(logp * reward)\n}\n";
+    let obj = Objective::compile("o.rlo", src, &Default::default()).expect("compiles");
+    let b = bind(&padded(), &obj.compiled.module, &BindOptions::default()).expect("binds");
+    let ev = obj
+        .evaluate(&b.batch, &[], Backend::Interp)
+        .expect("evaluates");
+    // batch_mean of a tok value is over the 6 valid tokens: (1 + 2)·1 + (3 + 4 + 5 + 6)·0 = 3.
+    assert!((ev.loss - 0.5).abs() < 1e-12, "{}", ev.loss);
+    let mut short = b.batch.clone();
+    short.values.insert("reward".into(), vec![1.0]);
+    let e = obj
+        .evaluate(&short, &[], Backend::Interp)
+        .expect_err("short");
+    assert!(
+        e.to_string().contains("`reward`") && e.to_string().contains("3 elements"),
+        "{e}"
+    );
+    let mut missing = b.batch.clone();
+    missing.values.remove("logp");
+    let e = obj
+        .evaluate(&missing, &[], Backend::Interp)
+        .expect_err("missing");
+    assert!(e.to_string().contains("`logp`"), "{e}");
+    let e = obj
+        .evaluate(&b.batch, &[1.0], Backend::Interp)
+        .expect_err("params");
+    assert!(e.to_string().contains("0 parameter values, got 1"), "{e}");
+}
+
+#[test]
+fn turn_results_are_written_b_by_k_with_zeros_past_each_sequence() {
+    let mut m = module(
+        &[
+            ("logp", Level::Tok, F32, false),
+            ("r", Level::Turn, F32, true),
+        ],
+        false,
+    );
+    let r = m.append(Expr::Input(1), Ty::new(Level::Turn, F32), Span::default());
+    m.grads.push(rlo_compiler::ir::Grad { input: 1, value: r });
+    m.outputs.push(rlo_compiler::ir::Named {
+        name: "r2".into(),
+        value: r,
+        span: Span::default(),
+    });
+    // Seq 0 has 3 turns, seq 1 has 1; `r` is given with K = 4.
+    let ts = set(vec![
+        ("logp", t(Dtype::F32, &[2, 3], &[0.; 6])),
+        ("lengths", t(Dtype::I64, &[2], &[3., 1.])),
+        ("turn", t(Dtype::I64, &[2, 3], &[0., 1., 2., 0., 0., 0.])),
+        (
+            "r",
+            t(Dtype::F32, &[2, 4], &[1., 2., 3., 9., 4., 9., 9., 9.]),
+        ),
+    ]);
+    let b = ok(&ts, &m);
+    assert_eq!(b.batch.values["r"], vec![1., 2., 3., 4.]);
+    let eval = Evaluation {
+        loss: 0.0,
+        grads: vec![vec![10., 20., 30., 40.]],
+        metrics: vec![],
+        outputs: vec![vec![1., 2., 3., 4.]],
+    };
+    let out = evaluation_tensors(&m, &b.batch.layout, &b.shapes, &eval, Dtype::F32).expect("out");
+    let g = &out["grad.r"];
+    assert_eq!(g.shape, vec![2, 4]);
+    let want = [10., 20., 30., 0., 40., 0., 0., 0.];
+    assert_eq!(
+        g.values(),
+        Some(rlo_runtime::tensor::Values::Float(want.to_vec()))
+    );
+    assert_eq!(out["output.r2"].shape, vec![2, 4]);
+}

@@ -87,13 +87,17 @@ pub fn random_layout(rng: &mut impl Rng, spec: LayoutSpec) -> Layout {
 }
 
 /// One value per element of every input of `m` (f32 inputs uniform in [-2, 2], rounded to f32 so
-/// f32 backends see the same numbers; bool inputs 0/1).
+/// f32 backends see the same numbers; inputs whose name ends in `logp` are log-probabilities,
+/// uniform in [-3, -0.05]; bool inputs 0/1).
 pub fn random_batch(m: &Module, layout: &Layout, rng: &mut impl Rng) -> Batch {
     let mut values = BTreeMap::new();
     for inp in &m.inputs {
         let n = layout.count(inp.ty.level);
         let v: Vec<f64> = (0..n)
             .map(|_| match inp.ty.dtype {
+                DType::F32 if inp.name.ends_with("logp") => {
+                    f64::from(rng.random_range(-3.0f64..-0.05) as f32)
+                }
                 DType::F32 => f64::from(rng.random_range(-2.0f64..2.0) as f32),
                 DType::Bool => f64::from(u8::from(rng.random_bool(0.6))),
             })

@@ -239,3 +239,32 @@ fn derived_reductions_match_finite_differences() {
     }
     assert!(checked > 10, "only {checked} non-zero gradients checked");
 }
+
+/// An untaken branch never leaks NaN into the gradient: `log(logp + 1)` at `logp = -1` has an
+/// infinite derivative (0/0 in the VJP), `exp(50 * logp)` would overflow, `1 / logp` divides by
+/// zero at 0; all sit in branches not taken there, so they contribute exactly 0 (PyTorch: NaN).
+#[test]
+fn untaken_branches_give_zero_gradient_not_nan() {
+    let src = "objective t() {
+        input logp: tok diff
+        let a = if logp > -1 then log(logp + 1) else 0
+        let b = if logp < 1 then logp else exp(50 * logp)
+        let c = if logp != 0 then 1 / logp else 0
+        loss batch_sum(a + b + c)
+    }";
+    let layout = Layout::single_turn(&[4], vec![0]);
+    let logp = vec![-1.0, 0.0, 0.5, -30.0];
+    let (m, e) = eval(src, &layout, &[("logp", logp.clone())]);
+    assert_eq!(m.grads.len(), 1);
+    let g = &e.grads[0];
+    assert!(g.iter().all(|x| x.is_finite()), "gradient {g:?}");
+    // token 0 (logp = -1): a untaken, b = logp taken (1), c = 1/logp taken (-1/logp² = -1)
+    assert_eq!(g[0], 1.0 - 1.0);
+    // token 1 (logp = 0): a = log(1) (1), b (1), c untaken
+    assert_eq!(g[1], 2.0);
+    // token 2 (logp = 0.5): 1/1.5 + 1 - 1/0.25
+    assert!((g[2] - (1.0 / 1.5 + 1.0 - 4.0)).abs() < 1e-12);
+    // token 3 (logp = -30): a untaken (log of a negative number), b = logp, c = 1/logp
+    assert!((g[3] - (1.0 - 1.0 / 900.0)).abs() < 1e-12);
+    assert!(e.loss.is_finite());
+}

@@ -337,3 +337,29 @@ fn bad_sizes_are_errors() {
         assert!(e.to_string().contains("sum to B = 13"), "{e}");
     }
 }
+
+/// The part modules run on the Cranelift backend too (f32 math: 1e-5 relative to the
+/// interpreter's whole-batch result).
+#[test]
+fn micro_batching_on_the_cpu_backend() {
+    for name in ["grpo", "gspo"] {
+        let obj = compile_inline(name);
+        let params = obj.param_values(&[]).expect("defaults");
+        let b = batch(&obj.compiled.module, 5);
+        let whole = obj.evaluate(&b, &params, Backend::Interp).expect("whole");
+        let plan = Plan::new(&obj).expect("splittable");
+        let split = plan
+            .evaluate(&b, &params, Backend::Cpu, &[2, 6, 5])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(1e-3);
+        assert!(
+            near(whole.loss, split.loss),
+            "{name}: {} vs {}",
+            whole.loss,
+            split.loss
+        );
+        for (x, y) in whole.grads[0].iter().zip(&split.grads[0]) {
+            assert!(near(*x, *y), "{name}: grad {x} vs {y}");
+        }
+    }
+}

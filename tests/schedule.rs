@@ -110,6 +110,15 @@ fn pass_counts() {
     }
 }
 
+/// Golden `rloc emit schedule` text (insta) for GRPO and GSPO.
+#[test]
+fn schedule_snapshots() {
+    let c = grpo();
+    insta::assert_snapshot!("grpo_schedule", display_schedule(&c.module, &c.schedule));
+    let c = gspo();
+    insta::assert_snapshot!("gspo_schedule", display_schedule(&c.module, &c.schedule));
+}
+
 #[test]
 fn grpo_schedule_snapshot() {
     let c = grpo();
@@ -163,8 +172,9 @@ fn micro_batches_add_up() {
                 loss += ev.loss;
                 let mut k = 0;
                 for &s in &sub.seqs {
-                    for t in layout.seq_offsets[s]..layout.seq_offsets[s + 1] {
-                        grad[t] += ev.grads[0][k];
+                    let r = layout.seq_offsets[s]..layout.seq_offsets[s + 1];
+                    for g in &mut grad[r] {
+                        *g += ev.grads[0][k];
                         k += 1;
                     }
                 }
@@ -209,4 +219,97 @@ fn explain_names_the_normalizers() {
     assert!(text.contains("num_seqs"), "{text}");
     let text = explain::explain(&dapo().module);
     assert!(text.contains("num_tokens"), "{text}");
+}
+
+/// The interpreter on a 64 × 512 batch (GRPO and GSPO, loss + gradient): prints the time; the
+/// bound is loose for unoptimized CI builds (release: a few ms).
+#[test]
+fn interpreter_speed_64x512() {
+    for c in [grpo(), gspo()] {
+        let lengths = vec![512usize; 64];
+        let groups: Vec<u32> = (0..64u32).map(|i| i / 8).collect();
+        let layout = rlo_compiler::Layout::single_turn(&lengths, groups);
+        let mut rng = StdRng::seed_from_u64(7);
+        let batch = random_batch(&c.module, &layout, &mut rng);
+        let p = params(&c);
+        let t = std::time::Instant::now();
+        let ev = evaluate(&c.module, &c.schedule, &batch, &p).unwrap();
+        let dt = t.elapsed();
+        eprintln!("interp {}: 64x512 in {dt:?}", c.module.name);
+        assert!(ev.loss.is_finite());
+        assert!(dt.as_secs_f64() < 5.0, "{dt:?}");
+    }
+}
+
+/// Pass counts of hand-built modules: one rule each.
+#[test]
+fn pass_depth_rules() {
+    use rlo_compiler::ir::{ReduceOp, ScanOp};
+    use rlo_compiler::types::{DType, Level};
+    let inputs = [
+        ("x", Level::Tok, DType::F32, true),
+        ("r", Level::Turn, DType::F32, false),
+        ("w", Level::Seq, DType::F32, false),
+    ];
+    type Build = fn(
+        &mut rlo_compiler::passes::builder::Builder,
+    ) -> rlo_compiler::Handle<rlo_compiler::ir::Expr>;
+    let cases: Vec<(&str, usize, Build)> = vec![
+        ("sum", 1, |b| {
+            let x = b.input(0);
+            b.reduce(ReduceOp::Sum, x, Level::Batch, None)
+        }),
+        ("token value needs a reduction of tokens", 2, |b| {
+            let x = b.input(0);
+            let s = b.reduce(ReduceOp::Sum, x, Level::Seq, None);
+            let y = b.mul(x, s);
+            b.reduce(ReduceOp::Sum, y, Level::Batch, None)
+        }),
+        ("structural counts are free", 1, |b| {
+            let x = b.input(0);
+            let n = b.count(Level::Tok, Level::Seq, None);
+            let m = b.reduce(ReduceOp::Max, n, Level::Batch, None);
+            let y = b.div(x, n);
+            let y = b.div(y, m);
+            b.reduce(ReduceOp::Sum, y, Level::Batch, None)
+        }),
+        ("turn scans run between passes", 1, |b| {
+            let x = b.input(0);
+            let r = b.input(1);
+            let g = b.constant(0.9);
+            let ret = b.scan(ScanOp::DiscountedRevCumSum, r, Some(g));
+            let y = b.mul(x, ret);
+            b.reduce(ReduceOp::Sum, y, Level::Batch, None)
+        }),
+        ("per-position group reduction", 2, |b| {
+            let x = b.input(0);
+            let p = b.pos_reduce(ReduceOp::Sum, x);
+            b.reduce(ReduceOp::Sum, p, Level::Batch, None)
+        }),
+        ("rank of tokens", 2, |b| {
+            let x = b.input(0);
+            let r = b.rank(x, Level::Seq);
+            let y = b.mul(r, x);
+            b.reduce(ReduceOp::Sum, y, Level::Batch, None)
+        }),
+        ("no token data", 0, |b| {
+            let w = b.input(2);
+            b.reduce(ReduceOp::Sum, w, Level::Batch, None)
+        }),
+    ];
+    for (name, passes, f) in cases {
+        let mut b = module_with_inputs(name, &inputs, &[]);
+        let loss = f(&mut b);
+        let (m, s) = compile_module(finish(b, loss, &[], &[])).unwrap();
+        assert_eq!(
+            s.token_passes(),
+            passes,
+            "{name}:\n{}",
+            display_schedule(&m, &s)
+        );
+        let mut rng = StdRng::seed_from_u64(2);
+        let layout = random_layout(&mut rng, LayoutSpec::default());
+        let batch = random_batch(&m, &layout, &mut rng);
+        evaluate(&m, &s, &batch, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }

@@ -285,3 +285,136 @@ pub fn binary_types(op: BinaryOp) -> (DType, DType) {
         BinaryOp::And | BinaryOp::Or => (BOOL, BOOL),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ir::{Grad, Input, ReduceOp};
+
+    fn base() -> (Module, Handle<Expr>) {
+        let mut m = Module::new("t");
+        m.inputs.push(Input {
+            name: "x".into(),
+            ty: Ty::new(Level::Tok, F32),
+            diff: true,
+            span: Span::default(),
+        });
+        let x = m.append(
+            Expr::Input(0),
+            Ty::new(Level::Tok, F32),
+            Span::new(rlo_grammar::span::FileId(0), 3, 4),
+        );
+        let s = m.append(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                arg: x,
+                to: Level::Batch,
+                filter: None,
+            },
+            Ty::new(Level::Batch, F32),
+            Span::new(rlo_grammar::span::FileId(0), 5, 9),
+        );
+        m.loss = s;
+        (m, x)
+    }
+
+    #[test]
+    fn accepts_well_typed() {
+        let (m, _) = base();
+        validate(&m).unwrap();
+    }
+
+    #[test]
+    fn rejects_forward_handles_and_implicit_broadcasts() {
+        let (mut m, x) = base();
+        let fwd = Handle::from_index(10);
+        m.append(
+            Expr::Unary {
+                op: UnaryOp::Exp,
+                arg: fwd,
+            },
+            Ty::new(Level::Tok, F32),
+            Span::new(rlo_grammar::span::FileId(0), 1, 2),
+        );
+        let e = validate(&m).unwrap_err();
+        assert!(e.message.contains("before its user"), "{e}");
+        assert_eq!(e.span, Span::new(rlo_grammar::span::FileId(0), 1, 2));
+
+        let (mut m, _) = base();
+        let c = m.append(
+            Expr::Const(1.0),
+            Ty::new(Level::Batch, F32),
+            Span::default(),
+        );
+        m.append(
+            Expr::Binary {
+                op: BinaryOp::Add,
+                lhs: x,
+                rhs: c,
+            },
+            Ty::new(Level::Tok, F32),
+            Span::default(),
+        );
+        let e = validate(&m).unwrap_err();
+        assert!(e.message.contains("broadcasts are explicit"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_levels_dtypes_and_roots() {
+        let (mut m, x) = base();
+        m.append(
+            Expr::Broadcast {
+                arg: x,
+                to: Level::Seq,
+            },
+            Ty::new(Level::Seq, F32),
+            Span::default(),
+        );
+        assert!(validate(&m)
+            .unwrap_err()
+            .message
+            .contains("does not go down"));
+
+        let (mut m, x) = base();
+        m.append(
+            Expr::Unary {
+                op: UnaryOp::Not,
+                arg: x,
+            },
+            Ty::new(Level::Tok, BOOL),
+            Span::default(),
+        );
+        assert!(validate(&m).is_err());
+
+        let (mut m, x) = base();
+        m.loss = x;
+        assert!(validate(&m)
+            .unwrap_err()
+            .message
+            .contains("loss must be batch f32"));
+
+        let (mut m, _) = base();
+        let l = m.loss;
+        m.grads.push(Grad { input: 0, value: l });
+        assert!(validate(&m)
+            .unwrap_err()
+            .message
+            .contains("must be tok f32"));
+
+        let (mut m, x) = base();
+        m.append(
+            Expr::Scan {
+                op: ScanOp::DiscountedRevCumSum,
+                arg: x,
+                discount: None,
+            },
+            Ty::new(Level::Tok, F32),
+            Span::default(),
+        );
+        assert!(validate(&m)
+            .unwrap_err()
+            .message
+            .contains("needs a discount"));
+    }
+}

@@ -7,6 +7,12 @@ pub enum RuntimeError {
     UnknownParam { name: String, known: Vec<String> },
     #[error("{0}")]
     Unsupported(String),
+    #[error("objective `{objective}` takes {expected} parameter values, got {got}")]
+    ParamCount {
+        objective: String,
+        expected: usize,
+        got: usize,
+    },
 
     // ---- files ----
     #[error("{path}: {message}")]
@@ -52,6 +58,13 @@ pub enum RuntimeError {
     GroupSize { size: usize, message: String },
 
     // ---- evaluation ----
+    #[error("batch input `{name}` has {got} values; its level `{level}` has {expected} elements")]
+    InputLength {
+        name: String,
+        level: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("interpreter: {0}")]
     Interp(String),
     #[error("evaluation returned {got} values for `{name}`, expected {expected}")]
@@ -89,4 +102,9 @@ pub enum RuntimeError {
     /// A CUDA driver call failed (allocation, copy, module load, launch).
     #[error("cuda: {0}")]
     Cuda(String),
+
+    // ---- cpu (cpu.rs) ----
+    /// The CPU (Cranelift) backend failed: codegen, JIT, or a batch it cannot bind.
+    #[error(transparent)]
+    Cpu(#[from] crate::cpu::CpuError),
 }

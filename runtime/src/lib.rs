@@ -6,6 +6,7 @@
 
 pub mod bind;
 pub mod cpu;
+mod cpu_helpers;
 pub mod cuda;
 pub mod error;
 pub mod microbatch;
@@ -75,19 +76,21 @@ impl Objective {
         backend: Backend,
     ) -> Result<Evaluation, RuntimeError> {
         if params.len() != self.compiled.module.params.len() {
-            return Err(RuntimeError::Unsupported(format!(
-                "objective `{}` takes {} parameters, got {}",
-                self.compiled.module.name,
-                self.compiled.module.params.len(),
-                params.len()
-            )));
+            return Err(RuntimeError::ParamCount {
+                objective: self.compiled.module.name.clone(),
+                expected: self.compiled.module.params.len(),
+                got: params.len(),
+            });
         }
+        check_batch(&self.compiled.module, batch)?;
         match backend {
             Backend::Interp => interp_evaluate(&self.compiled, batch, params),
-            Backend::Cpu => Err(RuntimeError::Unsupported(
-                "backend `cpu` (Cranelift) is not built into this rloc yet; use --backend interp"
-                    .into(),
-            )),
+            Backend::Cpu => Ok(cpu::evaluate(
+                &self.compiled,
+                batch,
+                params,
+                cpu::CpuOptions::default(),
+            )?),
             Backend::Cuda => cuda::evaluate(&self.compiled, batch, params),
         }
     }
@@ -114,6 +117,35 @@ impl std::str::FromStr for Backend {
             )),
         }
     }
+}
+
+/// A batch every backend can trust: valid layout, one value per element for every input.
+pub fn check_batch(m: &rlo_compiler::Module, batch: &Batch) -> Result<(), RuntimeError> {
+    batch
+        .layout
+        .validate()
+        .map_err(|message| RuntimeError::Layout { message })?;
+    for input in &m.inputs {
+        let expected = batch.layout.count(input.ty.level);
+        match batch.values.get(&input.name) {
+            None => {
+                return Err(RuntimeError::MissingTensor {
+                    name: input.name.clone(),
+                    expected: format!("{expected} `{}` values", input.ty),
+                })
+            }
+            Some(v) if v.len() != expected => {
+                return Err(RuntimeError::InputLength {
+                    name: input.name.clone(),
+                    level: input.ty.level.to_string(),
+                    expected,
+                    got: v.len(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The reference interpreter on a compiled objective.

@@ -2,8 +2,9 @@
 //! data-parallel shards), split at sequence boundaries into parts of any sizes, with summed
 //! gradients equal to the whole-batch gradient.
 //!
-//! [`Plan::new`] runs the split analysis (`split_plan.rs`: which values are normalizers computed
-//! over the whole step by a pre-pass, whether the rest sums over parts) and builds the modules;
+//! [`Plan::new`] runs the compiler's split analysis (`rlo_compiler::split`: which values are
+//! normalizers computed over the whole step by a pre-pass, whether the rest sums over parts) and
+//! builds the modules (`split_plan.rs`);
 //! [`Plan::evaluate`] runs the pre-pass, cuts the batch into parts ([`split`]), evaluates each part
 //! with the normalizers fixed, and puts the parts' results together ([`merge_into`]). Objectives
 //! that are not splittable get [`RuntimeError::NotSplittable`] with the explanation rendered
@@ -155,8 +156,13 @@ pub fn merge_into(
 
 /// A micro-batch plan for one objective: build once, evaluate every step.
 pub struct Plan {
-    pub analysis: split_plan::Analysis,
-    /// Computes the normalizers (as outputs, in `analysis.frozen` order) on the whole step.
+    /// Normalizers computed by the pre-pass (the analysis' `prepass` nodes).
+    pub frozen: Vec<rlo_compiler::Handle<rlo_compiler::ir::Expr>>,
+    /// How each gradient, metric and output combines over parts.
+    pub grads: Vec<Merge>,
+    pub metrics: Vec<Merge>,
+    pub outputs: Vec<Merge>,
+    /// Computes the normalizers (as outputs, in `frozen` order) on the whole step.
     prepass: Option<Objective>,
     /// What each part runs (normalizers as `__frozen.<node>` inputs).
     part: Objective,
@@ -171,13 +177,23 @@ impl Plan {
     pub fn new(obj: &Objective) -> Result<Plan, RuntimeError> {
         let c = &obj.compiled;
         let m = &c.module;
-        let analysis = split_plan::analyze(m).map_err(|e| RuntimeError::NotSplittable {
-            objective: m.name.clone(),
-            explanation: e.to_diagnostic(&m.name).render(&c.sources, false),
-        })?;
-        let prepass = (!analysis.frozen.is_empty()).then(|| {
-            let roots = analysis
-                .frozen
+        let sp = rlo_compiler::split::analyze(m);
+        if let Some(d) = split_plan::refusal(m, &sp) {
+            return Err(RuntimeError::NotSplittable {
+                objective: m.name.clone(),
+                explanation: d.render(&c.sources, false),
+            });
+        }
+        let frozen = sp.prepass;
+        let grads: Vec<Merge> = m
+            .grads
+            .iter()
+            .map(|g| split_plan::grad_merge(input_level(m, g.input)))
+            .collect();
+        let metrics: Vec<Merge> = sp.metrics.into_iter().map(Merge::of).collect();
+        let outputs: Vec<Merge> = sp.outputs.into_iter().map(Merge::of).collect();
+        let prepass = (!frozen.is_empty()).then(|| {
+            let roots = frozen
                 .iter()
                 .map(|&h| rlo_compiler::ir::Named {
                     name: split_plan::frozen_name(h),
@@ -192,8 +208,8 @@ impl Plan {
         let whole_roots: Vec<_> = m
             .metrics
             .iter()
-            .zip(&analysis.metrics)
-            .chain(m.outputs.iter().zip(&analysis.outputs))
+            .zip(&metrics)
+            .chain(m.outputs.iter().zip(&outputs))
             .filter(|(_, &how)| how == Merge::Whole)
             .map(|(x, _)| x.clone())
             .collect();
@@ -201,10 +217,13 @@ impl Plan {
             compiled: split_plan::recompiled(c, split_plan::roots_module(m, whole_roots)),
         });
         let part = Objective {
-            compiled: split_plan::recompiled(c, split_plan::part_module(m, &analysis.frozen)),
+            compiled: split_plan::recompiled(c, split_plan::part_module(m, &frozen)),
         };
         Ok(Plan {
-            analysis,
+            frozen,
+            grads,
+            metrics,
+            outputs,
             prepass,
             part,
             whole,
@@ -232,7 +251,7 @@ impl Plan {
                 }
             }
             let r = pre.evaluate(&nondiff, params, backend)?;
-            for (&h, v) in self.analysis.frozen.iter().zip(r.outputs) {
+            for (&h, v) in self.frozen.iter().zip(r.outputs) {
                 augmented.values.insert(split_plan::frozen_name(h), v);
             }
         }
@@ -255,11 +274,11 @@ impl Plan {
                 .grads
                 .iter()
                 .zip(&mut out.grads)
-                .zip(r.grads.iter().zip(&self.analysis.grads))
+                .zip(r.grads.iter().zip(&self.grads))
             {
                 merge_into(acc, v, input_level(m, g.input), how, layout, p)?;
             }
-            for (i, &how) in self.analysis.metrics.iter().enumerate() {
+            for (i, &how) in self.metrics.iter().enumerate() {
                 let v = r.metrics.get(i).copied().unwrap_or(0.0);
                 match how {
                     Merge::Sum => out.metrics[i] += v,
@@ -267,7 +286,7 @@ impl Plan {
                     Merge::Whole => {}
                 }
             }
-            for (i, &how) in self.analysis.outputs.iter().enumerate() {
+            for (i, &how) in self.outputs.iter().enumerate() {
                 if how != Merge::Whole {
                     let level = m.level(m.outputs[i].value);
                     let v = r.outputs.get(i).map(|v| &v[..]).unwrap_or(&[]);
@@ -278,12 +297,12 @@ impl Plan {
         if let Some(whole) = &self.whole {
             let r = whole.evaluate(batch, params, backend)?;
             let mut it = r.outputs.into_iter();
-            for (i, &how) in self.analysis.metrics.iter().enumerate() {
+            for (i, &how) in self.metrics.iter().enumerate() {
                 if how == Merge::Whole {
                     out.metrics[i] = it.next().and_then(|v| v.first().copied()).unwrap_or(0.0);
                 }
             }
-            for (i, &how) in self.analysis.outputs.iter().enumerate() {
+            for (i, &how) in self.outputs.iter().enumerate() {
                 if how == Merge::Whole {
                     out.outputs[i] = it.next().unwrap_or_default();
                 }

@@ -86,6 +86,20 @@ fn check_ok_and_error_with_location() {
 }
 
 #[test]
+fn check_prints_warnings_and_succeeds() {
+    let d = dir("warn");
+    let f = write(
+        &d,
+        "w.rlo",
+        "objective w() {\n    input reward: seq\n    loss batch_mean(reward)\n}\n",
+    );
+    let o = rloc(&["check", &f]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning") && err.contains("w.rlo:3:"), "{err}");
+}
+
+#[test]
 fn check_json_messages() {
     let d = dir("json");
     let bad = write(
@@ -164,6 +178,26 @@ fn emit_each_form() {
     let o = rloc(&["emit", "grad", &f]);
     assert!(text(&o).0.contains("grad logp"), "{:?}", text(&o));
 
+    let o = rloc(&["emit", "cuda", &f]);
+    let cu = text(&o).0;
+    assert!(
+        o.status.success() && cu.contains("__global__"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(
+        cu.contains("grpo.rlo:"),
+        "no source locations in the CUDA C"
+    );
+
+    let o = rloc(&["emit", "clif", &f]);
+    let clif = text(&o).0;
+    assert!(
+        o.status.success() && clif.contains("function"),
+        "{:?}",
+        text(&o)
+    );
+
     let o = rloc(&["emit", "schedule", &f]);
     let s = text(&o).0;
     assert!(o.status.success() && s.contains("token pass"), "{s}");
@@ -203,6 +237,43 @@ fn run_writes_results_in_input_shapes() {
     assert_eq!(r["output.adv"].shape, vec![4]);
     assert_eq!(r["loss"].shape, Vec::<usize>::new());
     assert!(r.contains_key("metric.clip_frac"));
+}
+
+/// `rloc run --backend cpu` agrees with the interpreter (cpu: f32 math, so 1e-5 relative).
+#[test]
+fn run_on_cpu_matches_the_interpreter() {
+    let d = dir("runcpu");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let b = batch(&d);
+    let (oi, oc) = (d.join("i.safetensors"), d.join("c.safetensors"));
+    for (backend, o) in [("interp", &oi), ("cpu", &oc)] {
+        let out = o.display().to_string();
+        let r = rloc(&[
+            "run",
+            &f,
+            "--batch",
+            &b,
+            "--out",
+            &out,
+            "--backend",
+            backend,
+        ]);
+        assert!(r.status.success(), "{backend}: {:?}", text(&r));
+    }
+    let (a, c) = (read_file(&oi).expect("i"), read_file(&oc).expect("c"));
+    for name in ["loss", "grad.logp", "metric.clip_frac", "output.adv"] {
+        let (Some(Values::Float(x)), Some(Values::Float(y))) = (a[name].values(), c[name].values())
+        else {
+            panic!("{name} not float")
+        };
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-5 * p.abs().max(1e-3),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -331,4 +402,87 @@ fn run_64x512_batch() {
             .iter()
             .all(|&x| x == 0.0));
     }
+}
+
+#[test]
+fn explain_prints_the_gradient_formula() {
+    let d = dir("explain");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let o = rloc(&["explain", &f]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("d loss / d logp"), "{out}");
+    let bad = write(&d, "bad.rlo", "objective o( {\n");
+    let o = rloc(&["explain", &bad]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn run_with_micro_batches_matches_and_refusals_explain() {
+    let d = dir("micro");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let b = batch(&d);
+    let (o1, o2) = (d.join("1.safetensors"), d.join("2.safetensors"));
+    for (k, o) in [("1", &o1), ("3", &o2)] {
+        let out = o.display().to_string();
+        let r = rloc(&[
+            "run",
+            &f,
+            "--batch",
+            &b,
+            "--out",
+            &out,
+            "--micro-batches",
+            k,
+            "--f64",
+        ]);
+        assert!(r.status.success(), "{:?}", text(&r));
+    }
+    let (a, c) = (read_file(&o1).expect("1"), read_file(&o2).expect("2"));
+    for name in ["loss", "grad.logp", "metric.clip_frac", "output.adv"] {
+        let (Some(Values::Float(x)), Some(Values::Float(y))) = (a[name].values(), c[name].values())
+        else {
+            panic!("{name} not float")
+        };
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-12 * p.abs().max(1.0),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
+    let g = write(
+        &d,
+        "g.rlo",
+        "objective g() {\n    input logp: tok diff\n    input reward: seq\n    let s = seq_sum(logp)\n    loss batch_mean(reward * (s - group_mean(s)))\n}\n",
+    );
+    let out = o1.display().to_string();
+    let r = rloc(&[
+        "run",
+        &g,
+        "--batch",
+        &b,
+        "--out",
+        &out,
+        "--micro-batches",
+        "2",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = text(&r).1;
+    assert!(
+        err.contains("cannot be split") && err.contains("g.rlo:5:"),
+        "{err}"
+    );
+    let r = rloc(&[
+        "run",
+        &f,
+        "--batch",
+        &b,
+        "--out",
+        &out,
+        "--micro-batches",
+        "9",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r).1.contains("micro-batches"), "{:?}", text(&r));
 }

@@ -23,11 +23,24 @@ pub fn vjp(b: &mut Builder, h: Handle<Expr>, g: Handle<Expr>, active: &[bool]) -
         Expr::Rank { .. } | Expr::Detach { .. } => {}
         Expr::Unary { op, arg } if on(arg) => {
             if let Some(d) = unary(b, op, arg, h, g) {
+                let d = if op == UnaryOp::Neg {
+                    d
+                } else {
+                    zero_stays_zero(b, g, d)
+                };
                 out.push((arg, d));
             }
         }
         Expr::Unary { .. } => {}
-        Expr::Binary { op, lhs, rhs } => binary(b, op, lhs, rhs, h, g, &on, &mut out),
+        Expr::Binary { op, lhs, rhs } => {
+            let start = out.len();
+            binary(b, op, lhs, rhs, h, g, &on, &mut out);
+            if !matches!(op, BinaryOp::Add | BinaryOp::Sub) {
+                for c in out.iter_mut().skip(start) {
+                    c.1 = zero_stays_zero(b, g, c.1);
+                }
+            }
+        }
         // f = c ? t : e ; dt = c ? g : 0 ; de = c ? 0 : g
         Expr::Select {
             cond,
@@ -114,6 +127,17 @@ pub fn vjp(b: &mut Builder, h: Handle<Expr>, g: Handle<Expr>, active: &[bool]) -
         Expr::PosReduce { .. } => {}
     }
     out
+}
+
+/// `g ≠ 0 ? d : 0`: a node whose adjoint is exactly 0 (an untaken `if` branch, a filtered-out
+/// element, a padded slot) passes exactly 0 to its operands, even where its local derivative is
+/// infinite or undefined (`log` at 0, `exp` overflow, `x / 0`): without this, `0 · inf = NaN`
+/// would leak from values that do not influence the loss into the gradient (spec.md, "never NaN
+/// by accident"). A NaN adjoint still propagates (`NaN ≠ 0`). Add/Sub/Neg need no guard.
+fn zero_stays_zero(b: &mut Builder, g: Handle<Expr>, d: Handle<Expr>) -> Handle<Expr> {
+    let zero = b.constant(0.0);
+    let nz = b.binary(BinaryOp::Ne, g, zero);
+    b.keep(nz, d)
 }
 
 fn unary(

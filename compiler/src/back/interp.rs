@@ -593,3 +593,6 @@ pub fn quantile_sorted(v: &[f64], q: f64) -> f64 {
         a + (b - a) * frac
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,20 +35,31 @@ pub fn emit(what: EmitKind, path: &Path, objective: Option<String>) -> Result<Ex
         EmitKind::Ir => display_module(&c.forward),
         EmitKind::Grad => display_module(&c.module),
         EmitKind::Schedule => schedule_text(c),
-        EmitKind::Cuda | EmitKind::Clif => {
-            let which = if what == EmitKind::Cuda {
-                "CUDA"
-            } else {
-                "Cranelift"
+        EmitKind::Cuda => {
+            // The generated kernels; NVRTC compiles them after `runtime/kernels/rlo_common.cuh`.
+            let opts = rlo_compiler::back::cuda::CudaOptions {
+                sources: Some(c.sources.clone()),
+                ..Default::default()
             };
-            return Err(CliError::Plain(format!(
-                "`emit {}`: the {which} backend is not built into this rloc yet",
-                if what == EmitKind::Cuda {
-                    "cuda"
-                } else {
-                    "clif"
+            match rlo_compiler::back::cuda::emit(&c.module, &c.schedule, &opts) {
+                Ok(p) => p.source,
+                Err(e) => {
+                    let d = rlo_grammar::Diagnostic::error("E0801", "CUDA code generation failed")
+                        .with_primary(e.span, e.message);
+                    return Err(CliError::Rendered(d.render(&c.sources, color())));
                 }
-            )));
+            }
+        }
+        EmitKind::Clif => {
+            let opts = rlo_compiler::back::clif::ClifOptions::default();
+            match rlo_compiler::back::clif::emit(&c.module, &c.schedule, &opts) {
+                Ok(p) => rlo_compiler::back::clif::program_text(&c.module, &p),
+                Err(e) => {
+                    return Err(CliError::Rendered(
+                        e.to_diagnostic().render(&c.sources, color()),
+                    ))
+                }
+            }
         }
     };
     out!("{text}");
@@ -100,8 +111,6 @@ pub fn schedule_text(c: &rlo_compiler::Compiled) -> String {
 
 pub fn explain(path: &Path, objective: Option<String>) -> Result<ExitCode, CliError> {
     let obj = compile_file(path, objective)?;
-    let _ = obj;
-    Err(CliError::Plain(
-        "`explain`: the compiler's explain pass is not built into this rloc yet".to_string(),
-    ))
+    out!("{}", rlo_compiler::explain::explain(&obj.compiled.module));
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,319 @@
+//! CPU backend (Cranelift JIT) against the reference interpreter, on every stdlib objective and on
+//! random well-typed programs (`rlo_tests::random_module`), in f64 and f32 mode; and the same bits
+//! for 1 and several threads.
+//!
+//! Tolerances: f64 mode `|a − b| ≤ 1e-12·max(|a|, |b|) + 1e-12·scale`; f32 mode
+//! `|a − b| ≤ 1e-5·max(|a|, |b|) + 1e-5·scale`, where `scale` is the largest magnitude of the
+//! result vector it belongs to (at least 1). The absolute floor is needed in f32: a value
+//! obtained by cancellation (a centered reward, a gradient that sums terms of both signs) has a
+//! rounding error relative to the terms it came from, not to itself. NaN matches NaN, and
+//! infinities must be equal. In f32 mode a metric or output that depends on a comparison
+//! (`clip_frac` = mean of `a > b`) is discontinuous: where `a == b` in exact arithmetic (an
+//! advantage that is exactly 0 for a group of one) f32 rounding may decide either way, so such a
+//! value is only required to agree in f64 mode (where it is checked at 1e-12 like everything else).
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rlo_compiler::back::clif::ClifOptions;
+use rlo_compiler::back::interp;
+use rlo_compiler::{
+    compile, Batch, Compiled, DType, Evaluation, Layout, Level, Module, Options, Schedule,
+};
+use rlo_runtime::cpu::CpuKernel;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn stdlib_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
+}
+
+fn objectives() -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(stdlib_dir())
+        .expect("stdlib dir")
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        let text = std::fs::read_to_string(&p).expect("read");
+        if p.extension().is_some_and(|x| x == "rlo")
+            && text.lines().any(|l| l.starts_with("objective"))
+        {
+            v.push((
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                text,
+            ));
+        }
+    }
+    v
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn int(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn random_batch(c: &Compiled, seed: u64) -> Batch {
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let n_groups = 1 + r.int(4);
+    let mut seq_group = Vec::new();
+    let mut lengths = Vec::new();
+    for g in 0..n_groups {
+        for _ in 0..1 + r.int(4) {
+            seq_group.push(g as u32);
+            lengths.push(if r.int(6) == 0 { 0 } else { 1 + r.int(9) });
+        }
+    }
+    let mut layout = Layout::single_turn(&lengths, seq_group);
+    // Random turns: split each sequence's tokens into 1..3 turns.
+    let mut turn_offsets = vec![0];
+    let mut tok_turn = Vec::new();
+    for &l in &lengths {
+        let k = if l == 0 { 1 } else { 1 + r.int(3.min(l)) };
+        let base = *turn_offsets.last().unwrap_or(&0);
+        for t in 0..l {
+            tok_turn.push((base + (t * k / l.max(1))) as u32);
+        }
+        turn_offsets.push(base + k);
+    }
+    layout.turn_offsets = turn_offsets;
+    layout.tok_turn = tok_turn;
+    layout.validate().expect("valid layout");
+    let mut values = BTreeMap::new();
+    for inp in &c.module.inputs {
+        let n = layout.count(inp.ty.level);
+        let v = (0..n)
+            .map(|_| match inp.ty.dtype {
+                DType::Bool => f64::from(r.int(2) == 1),
+                DType::F32 if inp.ty.level <= Level::Turn && !inp.name.contains("entropy") => {
+                    -0.05 - 2.0 * r.unit()
+                }
+                DType::F32 => 0.1 + r.unit(),
+            })
+            .collect();
+        values.insert(inp.name.clone(), v);
+    }
+    Batch { layout, values }
+}
+
+/// Compares two evaluations; returns a description of the first disagreement.
+fn compare(cpu: &Evaluation, reference: &Evaluation, tol: f64) -> Result<(), String> {
+    let close = |a: f64, b: f64, scale: f64| {
+        if a.is_nan() || b.is_nan() {
+            return a.is_nan() && b.is_nan();
+        }
+        if a.is_infinite() || b.is_infinite() {
+            return a == b;
+        }
+        (a - b).abs() <= tol * a.abs().max(b.abs()) + tol * scale
+    };
+    let scale = |v: &[f64]| {
+        v.iter()
+            .filter(|x| x.is_finite())
+            .fold(1f64, |m, x| m.max(x.abs()))
+    };
+    let vec = |what: &str, a: &[f64], b: &[f64]| -> Result<(), String> {
+        if a.len() != b.len() {
+            return Err(format!("{what}: {} values vs {}", a.len(), b.len()));
+        }
+        let s = scale(b);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            if !close(*x, *y, s) {
+                return Err(format!("{what}[{i}]: cpu {x:e}, interpreter {y:e}"));
+            }
+        }
+        Ok(())
+    };
+    vec("loss", &[cpu.loss], &[reference.loss])?;
+    vec("metrics", &cpu.metrics, &reference.metrics)?;
+    for (i, (a, b)) in cpu.grads.iter().zip(&reference.grads).enumerate() {
+        vec(&format!("grad {i}"), a, b)?;
+    }
+    for (i, (a, b)) in cpu.outputs.iter().zip(&reference.outputs).enumerate() {
+        vec(&format!("output {i}"), a, b)?;
+    }
+    if cpu.grads.len() != reference.grads.len() || cpu.outputs.len() != reference.outputs.len() {
+        return Err("result counts differ".into());
+    }
+    Ok(())
+}
+
+/// Whether `h` depends on a comparison (a discontinuous function of its inputs).
+fn has_comparison(m: &Module, h: rlo_compiler::Handle<rlo_compiler::ir::Expr>) -> bool {
+    use rlo_compiler::ir::{BinaryOp, Expr};
+    let mut stack = vec![h];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        let Some(e) = m.exprs.get(x) else { continue };
+        if let Expr::Binary { op, .. } = e {
+            if matches!(
+                op,
+                BinaryOp::Lt
+                    | BinaryOp::Le
+                    | BinaryOp::Gt
+                    | BinaryOp::Ge
+                    | BinaryOp::Eq
+                    | BinaryOp::Ne
+            ) {
+                return true;
+            }
+        }
+        stack.extend(e.operands());
+    }
+    false
+}
+
+/// Runs `m` on `batch` in both modes against the interpreter; checks thread-count invariance.
+fn check(m: &Module, s: &Schedule, batch: &Batch, params: &[f64]) -> Result<(), String> {
+    let reference =
+        interp::evaluate(m, s, batch, params).map_err(|e| format!("interpreter: {e}"))?;
+    for (f64, tol) in [(true, 1e-12), (false, 1e-5)] {
+        let k =
+            CpuKernel::compile(m, s, ClifOptions { f64 }).map_err(|e| format!("compile: {e}"))?;
+        let mut one = k
+            .evaluate(m, batch, params, 1)
+            .map_err(|e| format!("cpu: {e}"))?;
+        let three = k
+            .evaluate(m, batch, params, 3)
+            .map_err(|e| format!("cpu: {e}"))?;
+        if format!("{one:?}") != format!("{three:?}") {
+            return Err(format!("f64={f64}: 1 and 3 threads give different bits"));
+        }
+        if !f64 {
+            // Discontinuous metrics/outputs: checked in f64 mode only (see the module docs).
+            for (i, x) in m.metrics.iter().enumerate() {
+                if has_comparison(m, x.value) {
+                    if let (Some(a), Some(b)) = (one.metrics.get_mut(i), reference.metrics.get(i)) {
+                        *a = *b;
+                    }
+                }
+            }
+            for (i, x) in m.outputs.iter().enumerate() {
+                if has_comparison(m, x.value) {
+                    if let (Some(a), Some(b)) = (one.outputs.get_mut(i), reference.outputs.get(i)) {
+                        a.clone_from(b);
+                    }
+                }
+            }
+        }
+        compare(&one, &reference, tol).map_err(|e| format!("f64={f64}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn stdlib_objectives_agree_with_interpreter() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (name, text) in objectives() {
+        let c = compile(&format!("stdlib/{name}.rlo"), &text, &Options::default())
+            .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
+        let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
+        for seed in 0..4 {
+            let b = random_batch(&c, seed);
+            if let Err(e) = check(&c.module, &c.schedule, &b, &params) {
+                failures.push(format!("{name} seed {seed}: {e}"));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} stdlib objectives found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn random_programs_agree_with_interpreter() {
+    let n: u64 = std::env::var("RLO_PARITY_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let mut failures = Vec::new();
+    for seed in 0..n {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let steps = 4 + (seed % 12) as usize;
+        let m = rlo_tests::random_module(
+            &mut rng,
+            rlo_tests::ModuleSpec {
+                steps,
+                detach: true,
+            },
+        );
+        let (m, s) = match rlo_tests::compile_module(m) {
+            Ok(x) => x,
+            Err(e) => panic!("seed {seed}: random module does not compile: {e}"),
+        };
+        let layout = rlo_tests::random_layout(&mut rng, rlo_tests::LayoutSpec::default());
+        let b = rlo_tests::random_batch(&m, &layout, &mut rng);
+        let params: Vec<f64> = m.params.iter().map(|p| p.default).collect();
+        if let Err(e) = check(&m, &s, &b, &params) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} programs disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn degenerate_batches() {
+    // Empty batch of sequences, all-empty sequences, one group of one.
+    let text = std::fs::read_to_string(stdlib_dir().join("grpo.rlo")).expect("grpo");
+    let c = compile("stdlib/grpo.rlo", &text, &Options::default()).expect("grpo compiles");
+    let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
+    for (lengths, groups) in [
+        (vec![0, 0, 0], vec![0, 0, 1]),
+        (vec![4], vec![0]),
+        (vec![], vec![]),
+    ] {
+        let layout = Layout::single_turn(&lengths, groups);
+        let mut values = BTreeMap::new();
+        for inp in &c.module.inputs {
+            let n = layout.count(inp.ty.level);
+            values.insert(inp.name.clone(), (0..n).map(|i| -0.1 * i as f64).collect());
+        }
+        let b = Batch { layout, values };
+        check(&c.module, &c.schedule, &b, &params).unwrap_or_else(|e| panic!("{lengths:?}: {e}"));
+    }
+}
+
+#[test]
+fn bad_batches_are_errors_not_panics() {
+    let text = std::fs::read_to_string(stdlib_dir().join("grpo.rlo")).expect("grpo");
+    let c = compile("stdlib/grpo.rlo", &text, &Options::default()).expect("grpo compiles");
+    let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
+    let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default()).expect("compiles");
+    let good = random_batch(&c, 1);
+    let mut missing = good.clone();
+    missing.values.remove("logp");
+    assert!(k.evaluate(&c.module, &missing, &params, 1).is_err());
+    let mut short = good.clone();
+    if let Some(v) = short.values.get_mut("reward") {
+        v.pop();
+    }
+    assert!(k.evaluate(&c.module, &short, &params, 1).is_err());
+    let mut bad_layout = good.clone();
+    bad_layout.layout.seq_group[0] = 99;
+    assert!(k.evaluate(&c.module, &bad_layout, &params, 1).is_err());
+    assert!(k.evaluate(&c.module, &good, &params[1..], 1).is_err());
+    assert!(k.evaluate(&c.module, &good, &params, 1).is_ok());
+}
