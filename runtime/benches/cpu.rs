@@ -9,7 +9,8 @@
 //!   gradient (default parameters) in one pass, measured in the same run.
 //!
 //! Then the JIT compile time of grpo (emit + Cranelift + finalize, uncached).
-//! `RLO_BENCH_QUICK=1` runs only the small size (for CI smoke runs).
+//! `RLO_BENCH_QUICK=1` runs only the small size (for CI smoke runs); `RLO_BENCH_ONLY=<objective>`
+//! runs one objective (for profiling, e.g. under `perf record`).
 
 use rlo_compiler::back::clif::ClifOptions;
 use rlo_compiler::{Batch, Compiled, Layout};
@@ -226,6 +227,7 @@ fn mtok(n: usize, d: Duration) -> f64 {
 
 fn main() {
     let quick = std::env::var("RLO_BENCH_QUICK").is_ok();
+    let only = std::env::var("RLO_BENCH_ONLY").ok();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sizes: &[(usize, usize)] = if quick {
         &[(64, 512)]
@@ -242,6 +244,9 @@ fn main() {
         let n = full.layout.n_tokens();
         let reps = if n > 1_000_000 { 3 } else { 5 };
         for name in ["grpo", "grpo_lean", "dapo", "gspo"] {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let c = compile(name);
             let batch = restrict(&full, &c);
             let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();

@@ -78,16 +78,19 @@ impl<'a> Emitter<'a> {
         self.imports
     }
 
-    /// Builds one function. Emitted twice: the first run finds which buffer pointers it uses,
-    /// the second loads them once in the entry block.
+    /// Builds one function. Emitted until stable (at most 3 times): a run finds which buffer
+    /// pointers it uses (the next loads them once in the entry block) and which buffers it
+    /// writes (the next marks loads from every other buffer movable, see [`Fx::load_elem`]).
     pub fn function(&mut self, f: &FnPlan) -> R<Function> {
         let mut preload = BTreeSet::new();
-        for _ in 0..2 {
-            let (func, missing) = self.build(f, &preload)?;
-            if missing.is_empty() {
+        let mut written = BTreeSet::new();
+        for _ in 0..3 {
+            let (func, missing, stored) = self.build(f, &preload, &written)?;
+            if missing.is_empty() && stored.is_subset(&written) {
                 return Ok(func);
             }
             preload.extend(missing);
+            written.extend(stored);
         }
         Err(BackendError::general("buffer preload did not converge"))
     }
@@ -96,7 +99,8 @@ impl<'a> Emitter<'a> {
         &mut self,
         f: &FnPlan,
         preload: &BTreeSet<usize>,
-    ) -> R<(Function, BTreeSet<usize>)> {
+        written: &BTreeSet<usize>,
+    ) -> R<(Function, BTreeSet<usize>, BTreeSet<usize>)> {
         let mut func =
             Function::with_name_signature(UserFuncName::testcase(&f.name), stage_signature());
         let mut fctx = FunctionBuilderContext::new();
@@ -136,6 +140,9 @@ impl<'a> Emitter<'a> {
             count_vals,
             bufptr,
             missing: BTreeSet::new(),
+            movable: matches!(f.body, Body::Token(_)),
+            written: written.clone(),
+            stored: BTreeSet::new(),
             funcs: HashMap::new(),
             local: HashMap::new(),
         };
@@ -150,9 +157,10 @@ impl<'a> Emitter<'a> {
         fx.b.ins().return_(&[]);
         fx.b.seal_all_blocks();
         let missing = std::mem::take(&mut fx.missing);
+        let stored = std::mem::take(&mut fx.stored);
         let frontend = fx.e.frontend;
         fx.b.finalize(frontend);
-        Ok((func, missing))
+        Ok((func, missing, stored))
     }
 
     pub(crate) fn import(&mut self, name: &str, sig: impl FnOnce() -> Signature) -> usize {
@@ -208,6 +216,12 @@ pub(crate) struct Fx<'e, 'a, 'f> {
     count_vals: Vec<Value>,
     bufptr: HashMap<usize, Value>,
     missing: BTreeSet<usize>,
+    /// Whether loads from buffers this function does not write may be moved (token passes).
+    movable: bool,
+    /// Buffers written by this function (found by the previous build).
+    written: BTreeSet<usize>,
+    /// Buffers written so far by this build.
+    pub stored: BTreeSet<usize>,
     funcs: HashMap<usize, FuncRef>,
     /// Values of the nodes of the current sweep at the current element.
     pub local: HashMap<H, Value>,
@@ -261,7 +275,12 @@ impl Fx<'_, '_, '_> {
         let p = self.lay_ptr(arr)?;
         let off = self.b.ins().ishl_imm_u(i, 2);
         let a = self.b.ins().iadd(p, off);
-        let v = self.b.ins().load(types::I32, MemFlagsData::trusted(), a, 0);
+        let fl = if self.movable {
+            MemFlagsData::trusted().with_readonly().with_can_move()
+        } else {
+            MemFlagsData::trusted()
+        };
+        let v = self.b.ins().load(types::I32, fl, a, 0);
         Ok(self.b.ins().uextend(types::I64, v))
     }
 
@@ -272,12 +291,23 @@ impl Fx<'_, '_, '_> {
         self.b.ins().iadd(p, off)
     }
 
+    /// Loads element `i` of `buf`. In a token pass, a buffer the function never writes is
+    /// constant while it runs, so its loads are marked `readonly` + `can_move`: Cranelift then
+    /// merges repeated loads and hoists per-sequence and batch values out of the token loop.
+    /// (Hoisting only crosses the loops of the pass, whose indices are valid for every
+    /// sequence/group index they depend on; batch buffers have one element.)
     pub(crate) fn load_elem(&mut self, buf: usize, i: Value) -> Value {
         let a = self.elem_addr(buf, i);
-        self.b.ins().load(self.e.t, MemFlagsData::trusted(), a, 0)
+        let fl = if self.movable && !self.written.contains(&buf) {
+            MemFlagsData::trusted().with_readonly().with_can_move()
+        } else {
+            MemFlagsData::trusted()
+        };
+        self.b.ins().load(self.e.t, fl, a, 0)
     }
 
     pub(crate) fn store_elem(&mut self, buf: usize, i: Value, v: Value) {
+        self.stored.insert(buf);
         let a = self.elem_addr(buf, i);
         self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
     }
@@ -363,10 +393,9 @@ impl Fx<'_, '_, '_> {
             Expr::Param(i) => {
                 let off = i64::from(i) * self.tsize();
                 let off = i32::try_from(off).map_err(|_| bug("param offset"))?;
-                Ok(self
-                    .b
-                    .ins()
-                    .load(self.e.t, MemFlagsData::trusted(), self.params, off))
+                // Parameters are constant during a run: movable (hoisted out of loops).
+                let fl = MemFlagsData::trusted().with_readonly().with_can_move();
+                Ok(self.b.ins().load(self.e.t, fl, self.params, off))
             }
             Expr::Input(i) => {
                 let buf = *self
@@ -683,6 +712,9 @@ impl Fx<'_, '_, '_> {
         else {
             return Err(BackendError::at(m, h, "not a reduction"));
         };
+        if !combine && self.fast_reduce(h)? {
+            return Ok(());
+        }
         let out = self.node_buf(h)?;
         let cnt = self.e.plan.count.get(&h).copied();
         let partial = self.e.plan.partial.get(&h).copied();

@@ -63,6 +63,7 @@ impl Fx<'_, '_, '_> {
     pub(crate) fn helper(&mut self, h: H) -> R<()> {
         let m = self.e.m;
         let out = self.node_buf(h)?;
+        self.stored.insert(out);
         let out_p = self.ptr(out);
         let lay = self.lay;
         let counts = self.counts;

@@ -3,6 +3,7 @@
 pub mod clif;
 mod clif_emit;
 mod clif_plan;
+mod clif_reduce;
 mod clif_scan;
 mod clif_sweep;
 pub mod cuda;
