@@ -19,7 +19,18 @@ fn is_one(m: &crate::ir::Module, mut h: H) -> bool {
         match *ex(m, h) {
             Expr::Broadcast { arg, .. } | Expr::Detach { arg } => h = arg,
             Expr::Const(c) => return c == 1.0,
-            _ => return false,
+            Expr::Bool(_)
+            | Expr::Param(_)
+            | Expr::Input(_)
+            | Expr::Index(_)
+            | Expr::Unary { .. }
+            | Expr::Binary { .. }
+            | Expr::Select { .. }
+            | Expr::Reduce { .. }
+            | Expr::Scan { .. }
+            | Expr::Rank { .. }
+            | Expr::Quantile { .. }
+            | Expr::PosReduce { .. } => return false,
         }
     }
 }
@@ -80,7 +91,9 @@ impl Fx<'_, '_, '_> {
                     Ok(())
                 })?;
             }
-            _ => return Ok(false),
+            (Level::Tok | Level::Turn | Level::Seq | Level::Group | Level::Batch, _) => {
+                return Ok(false)
+            }
         }
         Ok(true)
     }
