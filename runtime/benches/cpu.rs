@@ -4,13 +4,14 @@
 //! groups of 8), prints tokens/s (valid tokens) of:
 //! - the Cranelift backend (f32) with 1 thread and with all cores, on batches already bound to
 //!   its buffers (binding = f64 → f32 conversion, not timed);
-//! - the reference interpreter (f64), timed on the first 32 sequences and extrapolated;
+//! - the reference interpreter (f64), timed on the first 128 sequences (`RLO_BENCH_INTERP_SEQS`) and extrapolated;
 //! - for grpo, a hand-written straightforward Rust loop (f32) computing the same loss and
 //!   gradient (default parameters) in one pass, measured in the same run.
 //!
 //! Then the JIT compile time of grpo (emit + Cranelift + finalize, uncached).
 //! `RLO_BENCH_QUICK=1` runs only the small size (for CI smoke runs); `RLO_BENCH_ONLY=<objective>`
-//! runs one objective (for profiling, e.g. under `perf record`).
+//! runs one objective (for profiling, e.g. under `perf record`); `RLO_BENCH_INTERP_SEQS=<n>` sets
+//! the number of sequences the interpreter is timed on (default 128).
 
 use rlo_compiler::back::clif::ClifOptions;
 use rlo_compiler::{Batch, Compiled, Layout};
@@ -228,6 +229,13 @@ fn mtok(n: usize, d: Duration) -> f64 {
 fn main() {
     let quick = std::env::var("RLO_BENCH_QUICK").is_ok();
     let only = std::env::var("RLO_BENCH_ONLY").ok();
+    // The interpreter is timed on a prefix of the batch (it is ~20-40x slower). 32 sequences
+    // proved too small: its rate then varied 2-4x between runs and sizes (allocator effects on
+    // its per-node arrays dominate), so 128 sequences by default.
+    let interp_seqs: usize = std::env::var("RLO_BENCH_INTERP_SEQS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sizes: &[(usize, usize)] = if quick {
         &[(64, 512)]
@@ -256,7 +264,7 @@ fn main() {
             let t1 = time(reps, || k.run(&mut bound, &params, 1).expect("run"));
             let tn = time(reps, || k.run(&mut bound, &params, threads).expect("run"));
             let cpu_eval = bound.read(&k);
-            let sub = prefix(&batch, 32);
+            let sub = prefix(&batch, interp_seqs);
             let ns = sub.layout.n_tokens();
             let ti = time(1, || {
                 interp(&c, &sub, &params);
