@@ -317,3 +317,30 @@ fn bad_batches_are_errors_not_panics() {
     assert!(k.evaluate(&c.module, &good, &params[1..], 1).is_err());
     assert!(k.evaluate(&c.module, &good, &params, 1).is_ok());
 }
+
+#[test]
+fn serial_reductions_and_counts() {
+    // Token/turn → sequence reductions (filtered max/min with empty sets, sums) and element
+    // counts that a token pass reads: the backend computes these in a serial stage with
+    // register accumulators and layout counts; they must agree with the interpreter, empty
+    // sequences and sequences whose filter keeps nothing included.
+    let text = "
+objective serial_reductions(c: f32 = 0.5) {
+    input x: tok diff
+    input y: tok
+    let hi = seq_max(y, where: y > -1)
+    let lo = seq_min(y, where: y < -1)
+    let tu = seq_sum(turn_max(y)) + seq_max(turn_sum(y))
+    let n = seq_count(y) + float(num_tokens > 3)
+    let w = seq_mean(y) * c + hi - lo + tu / (n + 1)
+    loss batch_mean(seq_sum(x * w) / (seq_len + 1)) + batch_sum(x) / max(num_tokens, 1)
+}
+";
+    let c = compile("serial.rlo", text, &Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
+    for seed in 0..8 {
+        let b = random_batch(&c, seed);
+        check(&c.module, &c.schedule, &b, &params).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
