@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use crate::arena::Handle;
-use crate::ir::{BinaryOp, Expr, IndexKind, Module, ReduceOp, ScanOp, UnaryOp};
+use crate::ir::{BinaryOp, Expr, IndexKind, Module, NodeKey, ReduceOp, ScanOp, UnaryOp};
 use crate::types::{DType, Level, Ty};
 use rlo_grammar::Span;
 
@@ -66,7 +66,7 @@ pub enum Structural {
 
 pub struct Builder {
     pub m: Module,
-    cse: HashMap<(String, Ty), H>,
+    cse: HashMap<NodeKey, H>,
 }
 
 fn f32_at(level: Level) -> Ty {
@@ -89,15 +89,14 @@ impl Builder {
         self.m.level(h)
     }
 
-    /// Appends `e` unless a structurally equal node of the same type exists (hash-consing).
-    /// The key is the node's `Debug` text, which spells every operand handle and the exact
-    /// shortest round-trip form of every float (so `0.1` and `0.1000001` stay distinct).
+    /// Appends `e` unless a structurally equal node of the same type exists (hash-consing on
+    /// [`NodeKey`]: operands by handle, literals by their bits).
     fn add(&mut self, e: Expr, ty: Ty, span: Span) -> H {
-        let key = (format!("{e:?}"), ty);
+        let key = NodeKey(e, ty);
         if let Some(&h) = self.cse.get(&key) {
             return h;
         }
-        let h = self.m.append(e, ty, span);
+        let h = self.m.append(key.0.clone(), ty, span);
         self.cse.insert(key, h);
         h
     }

@@ -192,6 +192,35 @@ pub enum Expr {
     Detach { arg: Handle<Expr> },
 }
 
+/// Structural identity of a node, for hash-consing (CSE at construction): equal iff the type,
+/// the variant, the operands and the payload are equal, literals compared by their bits (so
+/// `0.0` and `-0.0` stay distinct, and a NaN literal equals itself).
+#[derive(Clone, Debug)]
+pub struct NodeKey(pub Expr, pub Ty);
+
+impl PartialEq for NodeKey {
+    fn eq(&self, other: &NodeKey) -> bool {
+        self.1 == other.1
+            && match (&self.0, &other.0) {
+                (Expr::Const(a), Expr::Const(b)) => a.to_bits() == b.to_bits(),
+                (a, b) => a == b,
+            }
+    }
+}
+
+impl Eq for NodeKey {}
+
+impl std::hash::Hash for NodeKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.1.hash(state);
+        std::mem::discriminant(&self.0).hash(state);
+        if let Expr::Const(v) = &self.0 {
+            v.to_bits().hash(state);
+        }
+        self.0.for_each_operand(|o| o.hash(state));
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum IndexKind {
     /// `tok`: 0-based position of the token among the valid tokens of its sequence.
@@ -273,6 +302,44 @@ pub enum ScanOp {
 }
 
 impl Expr {
+    /// Calls `f` on each operand, in the order of [`Expr::operands`], without allocating.
+    pub fn for_each_operand(&self, mut f: impl FnMut(Handle<Expr>)) {
+        match *self {
+            Expr::Const(_) | Expr::Bool(_) | Expr::Param(_) | Expr::Input(_) | Expr::Index(_) => {}
+            Expr::Unary { arg, .. }
+            | Expr::Broadcast { arg, .. }
+            | Expr::Rank { arg, .. }
+            | Expr::PosReduce { arg, .. }
+            | Expr::Detach { arg } => f(arg),
+            Expr::Binary { lhs, rhs, .. } => {
+                f(lhs);
+                f(rhs)
+            }
+            Expr::Select {
+                cond,
+                on_true,
+                on_false,
+            } => {
+                f(cond);
+                f(on_true);
+                f(on_false)
+            }
+            Expr::Reduce { arg, filter, .. } => {
+                f(arg);
+                filter.into_iter().for_each(f)
+            }
+            Expr::Scan { arg, discount, .. } => {
+                f(arg);
+                discount.into_iter().for_each(f)
+            }
+            Expr::Quantile { arg, q, filter, .. } => {
+                f(arg);
+                f(q);
+                filter.into_iter().for_each(f)
+            }
+        }
+    }
+
     /// The operands of a node, in a fixed order (used by the validator, DCE, the scheduler).
     pub fn operands(&self) -> Vec<Handle<Expr>> {
         match *self {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::arena::Handle;
-use crate::ir::{BinaryOp, Expr, IndexKind, Module, ReduceOp, ScanOp, UnaryOp};
+use crate::ir::{BinaryOp, Expr, IndexKind, Module, NodeKey, ReduceOp, ScanOp, UnaryOp};
 use crate::types::{DType, Level, Ty};
 use crate::valid::binary_types;
 use rlo_grammar::Span;
@@ -14,11 +14,7 @@ use rlo_grammar::Span;
 pub struct Builder {
     pub m: Module,
     pub span: Span,
-    memo: HashMap<(String, Ty), Handle<Expr>>,
-}
-
-fn key(e: &Expr, ty: Ty) -> (String, Ty) {
-    (format!("{e:?}"), ty)
+    memo: HashMap<NodeKey, Handle<Expr>>,
 }
 
 impl Builder {
@@ -26,7 +22,7 @@ impl Builder {
     pub fn new(m: Module) -> Builder {
         let mut memo = HashMap::new();
         for (h, e) in m.exprs.iter() {
-            memo.entry(key(e, m.ty(h))).or_insert(h);
+            memo.entry(NodeKey(e.clone(), m.ty(h))).or_insert(h);
         }
         Builder {
             m,
@@ -45,11 +41,11 @@ impl Builder {
 
     /// Appends `e` with type `ty` unless an equal node exists.
     pub fn node(&mut self, e: Expr, ty: Ty) -> Handle<Expr> {
-        let k = key(&e, ty);
+        let k = NodeKey(e, ty);
         if let Some(&h) = self.memo.get(&k) {
             return h;
         }
-        let h = self.m.append(e, ty, self.span);
+        let h = self.m.append(k.0.clone(), ty, self.span);
         self.memo.insert(k, h);
         h
     }
