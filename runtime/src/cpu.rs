@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
-    #[error(transparent)]
+    #[error("cranelift backend: {0}")]
     Codegen(#[from] clif::BackendError),
     #[error("cranelift JIT: {0}")]
     Jit(String),

@@ -49,7 +49,6 @@ use crate::ir::{Expr, Module};
 use crate::schedule::Schedule;
 use crate::types::Level;
 use cranelift_codegen::ir::{Function, Signature};
-use rlo_grammar::{Diagnostic, Span};
 
 /// Index of each layout array in the `lay` argument.
 pub const LAY_SEQ_OFFSETS: usize = 0;
@@ -68,41 +67,7 @@ pub struct ClifOptions {
     pub f64: bool,
 }
 
-/// A code-generation failure, pointing at the node (and so the source) it is about.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("cranelift backend: {message}")]
-pub struct BackendError {
-    pub handle: Option<Handle<Expr>>,
-    pub span: Span,
-    pub message: String,
-}
-
-impl BackendError {
-    pub(crate) fn at(m: &Module, h: Handle<Expr>, message: impl Into<String>) -> BackendError {
-        BackendError {
-            handle: Some(h),
-            span: m.span(h),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn general(message: impl Into<String>) -> BackendError {
-        BackendError {
-            handle: None,
-            span: Span::default(),
-            message: message.into(),
-        }
-    }
-
-    pub fn to_diagnostic(&self) -> Diagnostic {
-        let d = Diagnostic::error("E9101", format!("the CPU backend failed: {}", self.message));
-        match self.handle {
-            Some(h) => d.with_primary(self.span, format!("while compiling {h}")),
-            None => d,
-        }
-        .with_note("this is a bug in rloc; please report it with this file")
-    }
-}
+pub use super::BackendError;
 
 /// What a buffer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -41,15 +41,7 @@ use rlo_grammar::SourceMap;
 #[path = "cuda_emit.rs"]
 mod emit_kernels;
 
-/// The CUDA backend could not generate code for a module: the node at fault (when there is one),
-/// its span (so the driver can point at `.rlo` source) and what went wrong.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    pub handle: Option<Handle<Expr>>,
-    pub span: rlo_grammar::Span,
-    pub message: String,
-}
+pub use super::BackendError;
 
 /// Words of the `RloCtx` header: n_seqs, n_groups, n_tokens, tok_stride, n_turns, then the
 /// pointers seq_off, seq_len, seq_group, group_off, group_seqs, turn_off, tok_turn (all `int32`;
@@ -237,11 +229,7 @@ pub(crate) struct Plan<'a> {
 }
 
 pub(crate) fn err(m: &Module, h: Handle<Expr>, msg: impl Into<String>) -> BackendError {
-    BackendError {
-        handle: Some(h),
-        span: m.span(h),
-        message: msg.into(),
-    }
+    BackendError::at(m, h, msg)
 }
 
 /// `Role::None` nodes computed inline wherever they are read.
