@@ -473,7 +473,45 @@ struct Names<'a> {
     errors: &'a mut Vec<FrontError>,
 }
 
-impl Names<'_> {
+impl<'a> Names<'a> {
+    /// The name table of one body (a fn's or an objective's): every name its `let`s and `input`s
+    /// bind, for "defined later" errors, with its parameters' annotations checked and the
+    /// parameters defined.
+    fn for_body<'p>(
+        module: &'a ModuleInfo,
+        user: &ModuleInfo,
+        stmts: &[ast::Stmt],
+        params: impl Iterator<Item = (&'p ast::Ident, Option<&'p ast::TypeAnn>)>,
+        errors: &'a mut Vec<FrontError>,
+    ) -> Names<'a> {
+        let mut all = HashMap::new();
+        for s in stmts {
+            match &s.kind {
+                ast::StmtKind::Let { name, .. } | ast::StmtKind::Input { name, .. } => {
+                    all.entry(name.name.clone()).or_insert(name.span);
+                }
+                ast::StmtKind::Loss { .. }
+                | ast::StmtKind::Metric { .. }
+                | ast::StmtKind::Output { .. } => {}
+            }
+        }
+        let mut names = Names {
+            module,
+            defined: HashMap::new(),
+            all,
+            used_early: Vec::new(),
+            warn_unused: std::ptr::eq(module, user),
+            errors,
+        };
+        for (name, ann) in params {
+            if let Some(ann) = ann {
+                parse_ann(ann, names.errors);
+            }
+            names.define(name, false);
+        }
+        names
+    }
+
     fn define(&mut self, id: &ast::Ident, what_unused: bool) {
         if builtins::lookup_value(&id.name).is_some() {
             self.errors.push(FrontError::ShadowsBuiltin {
@@ -611,28 +649,8 @@ fn check_fn_names(
     user: &ModuleInfo,
     errors: &mut Vec<FrontError>,
 ) {
-    let mut all = HashMap::new();
-    for s in &f.body.stmts {
-        if let ast::StmtKind::Let { name, .. } = &s.kind {
-            all.entry(name.name.clone()).or_insert(name.span);
-        }
-    }
-    for p in &f.params {
-        if let Some(ann) = &p.ty {
-            parse_ann(ann, errors);
-        }
-    }
-    let mut names = Names {
-        module: m,
-        defined: HashMap::new(),
-        all,
-        used_early: Vec::new(),
-        warn_unused: std::ptr::eq(m, user),
-        errors,
-    };
-    for p in &f.params {
-        names.define(&p.name, false);
-    }
+    let params = f.params.iter().map(|p| (&p.name, p.ty.as_ref()));
+    let mut names = Names::for_body(m, user, &f.body.stmts, params, errors);
     for s in &f.body.stmts {
         if let ast::StmtKind::Let { name, value } = &s.kind {
             names.expr(value);
@@ -649,33 +667,8 @@ fn check_objective_names(
     user: &ModuleInfo,
     errors: &mut Vec<FrontError>,
 ) {
-    let mut all = HashMap::new();
-    for s in &o.body {
-        match &s.kind {
-            ast::StmtKind::Let { name, .. } | ast::StmtKind::Input { name, .. } => {
-                all.entry(name.name.clone()).or_insert(name.span);
-            }
-            ast::StmtKind::Loss { .. }
-            | ast::StmtKind::Metric { .. }
-            | ast::StmtKind::Output { .. } => {}
-        }
-    }
-    for p in &o.params {
-        if let Some(ann) = &p.ty {
-            parse_ann(ann, errors);
-        }
-    }
-    let mut names = Names {
-        module: m,
-        defined: HashMap::new(),
-        all,
-        used_early: Vec::new(),
-        warn_unused: std::ptr::eq(m, user),
-        errors,
-    };
-    for p in &o.params {
-        names.define(&p.name, false);
-    }
+    let params = o.params.iter().map(|p| (&p.name, p.ty.as_ref()));
+    let mut names = Names::for_body(m, user, &o.body, params, errors);
     let mut metrics: HashMap<&str, Span> = HashMap::new();
     let mut outputs: HashMap<&str, Span> = HashMap::new();
     for s in &o.body {
