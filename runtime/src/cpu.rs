@@ -145,9 +145,17 @@ impl CpuKernel {
                 .declare_function(&f.name, Linkage::Local, &f.func.signature)
                 .map_err(jit_err)?;
             ctx.func = f.func.clone();
+            // `RLO_CPU_DISASM=1`: print each function's machine code (for performance work).
+            let disasm = std::env::var_os("RLO_CPU_DISASM").is_some();
+            ctx.set_disasm(disasm);
             module
                 .define_function(id, &mut ctx)
                 .map_err(|e| CpuError::Jit(format!("{}: {e:?}", f.name)))?;
+            if disasm {
+                if let Some(cc) = ctx.compiled_code() {
+                    eprintln!("== {}\n{}", f.name, cc.vcode.clone().unwrap_or_default());
+                }
+            }
             module.clear_context(&mut ctx);
             ids.push((f.kind, id));
         }
