@@ -484,3 +484,107 @@ objective serial_reductions(c: f32 = 0.5) {
         check(&c.module, &c.schedule, &b, &params).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
 }
+
+/// Measured accuracy of every transcendental function of the CPU backend in f32 mode (inline
+/// `exp`, Rust helpers for the others) against the f64 function rounded to f32, on arguments
+/// spread over each function's useful range. Prints the table that `spec.md` §6.8 and
+/// `compiler/src/back/clif.rs` quote; fails if a bound there no longer holds.
+#[test]
+fn math_accuracy_table() {
+    let text = "
+objective m() {
+    input x: tok diff
+    input p: tok
+    loss batch_sum(x)
+    output exp = exp(x)
+    output log = log(p)
+    output log1p = log1p(p - 0.999)
+    output expm1 = expm1(x)
+    output tanh = tanh(x)
+    output sigmoid = sigmoid(x)
+    output softplus = softplus(x)
+    output sqrt = sqrt(p)
+    output pow = pow(p, x / 8)
+}
+";
+    let c = compile("math.rlo", text, &Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default()).expect("compiles");
+    let mut r = Rng(777);
+    let n = 400_003;
+    // x: uniform in [-80, 80] with a quarter of log-uniform small magnitudes; p: log-uniform
+    // in [1e-30, 1e30].
+    let xs: Vec<f32> = (0..n)
+        .map(|i| {
+            let u = r.unit();
+            if i % 4 == 3 {
+                (10f64.powf(-8.0 * u) * if r.int(2) == 0 { 1.0 } else { -1.0 }) as f32
+            } else {
+                (-80.0 + 160.0 * u) as f32
+            }
+        })
+        .collect();
+    let ps: Vec<f32> = (0..n)
+        .map(|_| 10f64.powf(-30.0 + 60.0 * r.unit()) as f32)
+        .collect();
+    let mut values = BTreeMap::new();
+    values.insert("x".to_string(), xs.iter().map(|&v| f64::from(v)).collect());
+    values.insert("p".to_string(), ps.iter().map(|&v| f64::from(v)).collect());
+    let b = Batch {
+        layout: Layout::single_turn(&[n], vec![0]),
+        values,
+    };
+    let ev = k.evaluate(&c.module, &b, &[], 1).expect("evaluates");
+    let ulps = |a: f32, b: f32| -> u64 {
+        if a.is_nan() || b.is_nan() {
+            return if a.is_nan() && b.is_nan() {
+                0
+            } else {
+                u64::MAX
+            };
+        }
+        if a == b {
+            return 0;
+        }
+        (i64::from(a.to_bits() as i32) - i64::from(b.to_bits() as i32)).unsigned_abs()
+    };
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+    // (name, reference, bound in ulp)
+    type Ref = Box<dyn Fn(f32, f32) -> f64>;
+    let cases: Vec<(&str, Ref, u64)> = vec![
+        ("exp", Box::new(|x, _| f64::from(x).exp()), 1),
+        ("log", Box::new(|_, p| f64::from(p).ln()), 1),
+        ("log1p", Box::new(|_, p| f64::from(p - 0.999).ln_1p()), 1),
+        ("expm1", Box::new(|x, _| f64::from(x).exp_m1()), 1),
+        ("tanh", Box::new(|x, _| f64::from(x).tanh()), 2),
+        ("sigmoid", Box::new(move |x, _| sig(f64::from(x))), 2),
+        ("softplus", Box::new(move |x, _| softplus(f64::from(x))), 1),
+        ("sqrt", Box::new(|_, p| f64::from(p).sqrt()), 0),
+        (
+            "pow",
+            Box::new(|x, p| f64::from(p).powf(f64::from(x / 8.0))),
+            1,
+        ),
+    ];
+    let mut report = Vec::new();
+    for (i, (name, f, bound)) in cases.iter().enumerate() {
+        let out = &ev.outputs[i];
+        let mut worst = (0u64, 0f32, 0f32);
+        for ((&x, &p), &y) in xs.iter().zip(&ps).zip(out) {
+            let want = f(x, p) as f32;
+            let d = ulps(y as f32, want);
+            if d > worst.0 {
+                worst = (d, x, p);
+            }
+        }
+        eprintln!(
+            "{name:>8}: max {} ulp (x = {:e}, p = {:e})",
+            worst.0, worst.1, worst.2
+        );
+        if worst.0 > *bound {
+            report.push(format!("{name}: {} ulp > {bound}", worst.0));
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("; "));
+}
