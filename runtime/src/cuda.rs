@@ -32,7 +32,7 @@ use crate::RuntimeError;
 
 #[path = "cuda_exec.rs"]
 mod exec;
-pub use exec::{evaluate, upload_as, CudaObjective, DeviceLayout, Workspace};
+pub use exec::{evaluate, upload_as, CudaObjective, DeviceLayout, LayoutArrays, Workspace};
 
 /// The hand-written device helpers, prepended to every generated program.
 pub const COMMON_CUH: &str = include_str!("../kernels/rlo_common.cuh");

@@ -63,33 +63,39 @@ fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream.clone_htod(v).map_err(drv("copy to device"))
 }
 
-impl DeviceLayout {
-    /// From lengths, group ids (`0..n_groups`, every group non-empty) and the token layout;
-    /// one turn per sequence.
-    pub fn new(
-        stream: &Arc<CudaStream>,
-        lengths: &[usize],
-        seq_group: &[u32],
-        n_groups: usize,
-        tok_stride: usize,
-    ) -> Result<DeviceLayout, RuntimeError> {
-        let turn_off: Vec<usize> = (0..=lengths.len()).collect();
-        DeviceLayout::with_turns(
-            stream, lengths, seq_group, n_groups, tok_stride, &turn_off, None,
-        )
-    }
+/// The host side of [`DeviceLayout`]: the `int32` arrays it uploads, computed without a device
+/// (the CUDA emulator of the tests runs the kernels on exactly these arrays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutArrays {
+    pub n_seqs: usize,
+    pub n_groups: usize,
+    pub n_tokens: usize,
+    /// `T` for padded `[B, T]` data, 0 for packed.
+    pub tok_stride: usize,
+    pub n_turns: usize,
+    /// `B + 1` packed token offsets.
+    pub seq_off: Vec<i32>,
+    pub seq_len: Vec<i32>,
+    pub seq_group: Vec<i32>,
+    /// `G + 1` offsets into `group_seqs`.
+    pub group_off: Vec<i32>,
+    /// The sequences of each group, ascending.
+    pub group_seqs: Vec<i32>,
+    pub turn_off: Vec<i32>,
+    /// Per token (packed, or `[B, T]` padded); `None`: one turn per sequence.
+    pub tok_turn: Option<Vec<i32>>,
+}
 
-    /// Like [`DeviceLayout::new`] with turn data: `turn_off` (B+1 packed turn offsets) and the
-    /// packed turn of every token (laid out like the tokens: packed, or `[B, T]` padded).
-    pub fn with_turns(
-        stream: &Arc<CudaStream>,
+impl LayoutArrays {
+    /// See [`DeviceLayout::with_turns`].
+    pub fn new(
         lengths: &[usize],
         seq_group: &[u32],
         n_groups: usize,
         tok_stride: usize,
         turn_off: &[usize],
         tok_turn: Option<&[u32]>,
-    ) -> Result<DeviceLayout, RuntimeError> {
+    ) -> Result<LayoutArrays, RuntimeError> {
         let b = lengths.len();
         let mut off = Vec::with_capacity(b + 1);
         let mut acc = 0usize;
@@ -154,28 +160,74 @@ impl DeviceLayout {
             .map(|&x| to_i32(x, "turns"))
             .collect::<Result<_, _>>()?;
         let tt = match tok_turn {
-            Some(v) => {
-                let v: Vec<i32> = v
-                    .iter()
+            Some(v) => Some(
+                v.iter()
                     .map(|&x| to_i32(x as usize, "turns"))
-                    .collect::<Result<_, _>>()?;
-                Some(upload(stream, &v)?)
-            }
+                    .collect::<Result<Vec<i32>, _>>()?,
+            ),
             None => None,
         };
-        Ok(DeviceLayout {
+        Ok(LayoutArrays {
             n_seqs: b,
             n_groups,
             n_tokens: acc,
             tok_stride,
             n_turns: turn_off.last().copied().unwrap_or(0),
-            turn_off: upload(stream, &to)?,
+            seq_off: off,
+            seq_len: len,
+            seq_group: sg,
+            group_off,
+            group_seqs,
+            turn_off: to,
             tok_turn: tt,
-            seq_off: upload(stream, &off)?,
-            seq_len: upload(stream, &len)?,
-            seq_group: upload(stream, &sg)?,
-            group_off: upload(stream, &group_off)?,
-            group_seqs: upload(stream, &group_seqs)?,
+        })
+    }
+}
+
+impl DeviceLayout {
+    /// From lengths, group ids (`0..n_groups`, every group non-empty) and the token layout;
+    /// one turn per sequence.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        lengths: &[usize],
+        seq_group: &[u32],
+        n_groups: usize,
+        tok_stride: usize,
+    ) -> Result<DeviceLayout, RuntimeError> {
+        let turn_off: Vec<usize> = (0..=lengths.len()).collect();
+        DeviceLayout::with_turns(
+            stream, lengths, seq_group, n_groups, tok_stride, &turn_off, None,
+        )
+    }
+
+    /// Like [`DeviceLayout::new`] with turn data: `turn_off` (B+1 packed turn offsets) and the
+    /// packed turn of every token (laid out like the tokens: packed, or `[B, T]` padded).
+    pub fn with_turns(
+        stream: &Arc<CudaStream>,
+        lengths: &[usize],
+        seq_group: &[u32],
+        n_groups: usize,
+        tok_stride: usize,
+        turn_off: &[usize],
+        tok_turn: Option<&[u32]>,
+    ) -> Result<DeviceLayout, RuntimeError> {
+        let a = LayoutArrays::new(lengths, seq_group, n_groups, tok_stride, turn_off, tok_turn)?;
+        Ok(DeviceLayout {
+            n_seqs: a.n_seqs,
+            n_groups: a.n_groups,
+            n_tokens: a.n_tokens,
+            tok_stride: a.tok_stride,
+            n_turns: a.n_turns,
+            turn_off: upload(stream, &a.turn_off)?,
+            tok_turn: match &a.tok_turn {
+                Some(v) => Some(upload(stream, v)?),
+                None => None,
+            },
+            seq_off: upload(stream, &a.seq_off)?,
+            seq_len: upload(stream, &a.seq_len)?,
+            seq_group: upload(stream, &a.seq_group)?,
+            group_off: upload(stream, &a.group_off)?,
+            group_seqs: upload(stream, &a.group_seqs)?,
         })
     }
 
