@@ -63,6 +63,9 @@ const FLAGS: &[&str] = &[
     "-pthread",
     "-ffp-contract=off",
     "-fno-fast-math",
+    // `__shared__` is `static`: in a template (rlo_block_reduce) GCC would make it a GNU unique
+    // symbol, one object for every library of the process, shared by concurrent tests
+    "-fno-gnu-unique",
     "-w",
 ];
 
@@ -127,7 +130,6 @@ type BytesFn = unsafe extern "C" fn() -> u64;
 /// A compiled library of programs.
 pub struct EmuLib {
     lib: libloading::Library,
-    pub path: PathBuf,
     /// Seconds g++ took (0 when the library was cached).
     pub compile_s: f64,
 }
@@ -170,11 +172,7 @@ impl EmuLib {
         // SAFETY: the library was just built from emu.h, rlo_common.cuh and generated kernels;
         // its only initializers are those of libstdc++ objects (a mutex).
         let lib = unsafe { libloading::Library::new(&so) }.map_err(|e| format!("dlopen: {e}"))?;
-        Ok(EmuLib {
-            lib,
-            path: so,
-            compile_s,
-        })
+        Ok(EmuLib { lib, compile_s })
     }
 
     fn launch_fn(&self, i: usize) -> Result<(LaunchFn, u64), String> {
@@ -252,6 +250,12 @@ pub struct RunOpts {
     pub null_tok_turn: bool,
     /// Padded layout: `T` = longest sequence + this.
     pub extra_pad: usize,
+    /// Threads per block of `Grid::PerSequence` and `Grid::Single` launches: the runtime's
+    /// [`PASS_THREADS`] and [`SMALL_THREADS`], or any smaller multiple of 32 (the kernels read
+    /// `blockDim`; small blocks run faster here and exercise the block-stride loops with small
+    /// batches).
+    pub pass_threads: u32,
+    pub small_threads: u32,
 }
 
 impl Default for RunOpts {
@@ -261,6 +265,8 @@ impl Default for RunOpts {
             seed: 1,
             null_tok_turn: false,
             extra_pad: 3,
+            pass_threads: PASS_THREADS,
+            small_threads: SMALL_THREADS,
         }
     }
 }
@@ -426,8 +432,8 @@ pub fn run(
     for _ in 0..2 {
         for (k, ln) in p.launches.iter().enumerate() {
             let (grid, block) = match ln.grid {
-                Grid::PerSequence => (b.clamp(1, 1 << 20) as u32, PASS_THREADS),
-                Grid::Single => (1, SMALL_THREADS),
+                Grid::PerSequence => (b.clamp(1, 1 << 20) as u32, o.pass_threads),
+                Grid::Single => (1, o.small_threads),
             };
             let mut err = vec![0u8; 1024];
             // SAFETY: `w` holds the RloCtx of this program (size checked above): pointers into
@@ -540,9 +546,4 @@ pub fn bits(e: &Evaluation) -> Vec<u64> {
         v.extend(g.iter().map(|x| x.to_bits()));
     }
     v
-}
-
-/// Where the libraries are cached (for messages).
-pub fn cache_path() -> PathBuf {
-    cache_dir()
 }
