@@ -229,11 +229,13 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             to,
             filter,
         } if m.level(arg) == Level::Tok
+            && to != Level::Turn
             && m.level(p.canon[arg]) >= Level::Seq
             && filter.is_none_or(|f| m.level(p.canon[f]) >= Level::Seq) =>
         {
             // a per-sequence constant over the tokens (seq_len, num_tokens, filtered by a
-            // per-sequence condition): closed form per sequence, no token loop
+            // per-sequence condition): closed form per sequence, no token loop (to a turn it
+            // needs the turn's token count: the token loop of the `to: Turn` arm below)
             let c = val(p, &[], arg, Level::Seq)?;
             let live = match filter {
                 Some(f) => format!("({} && RLO_LEN(s) > 0)", val(p, &[], f, Level::Seq)?),
