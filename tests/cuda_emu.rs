@@ -813,3 +813,101 @@ objective turn_weight() {
         }
     }
 }
+
+/// `rlo_seq_scan` / `rlo_block_scan_affine` of `rlo_common.cuh` with the last `__syncthreads()`
+/// of the block scan removed: a warp that has read the block total goes on to the next chunk and
+/// overwrites its warp partial while a later warp still has to read it.
+const RACY_SCAN: &str = "
+__device__ rlo_affine rlo_racy_scan_affine(rlo_affine v, rlo_affine* total) {
+    __shared__ rlo_affine part[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+    for (int o = 1; o < 32; o <<= 1) {
+        rlo_affine u;
+        u.a = __shfl_up_sync(0xffffffffu, v.a, o);
+        u.b = __shfl_up_sync(0xffffffffu, v.b, o);
+        if (lane >= o) { v = rlo_affine_then(u, v); }
+    }
+    if (lane == 31) { part[warp] = v; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int k = 1; k < nwarps; ++k) { part[k] = rlo_affine_then(part[k - 1], part[k]); }
+    }
+    __syncthreads();
+    if (warp > 0) { v = rlo_affine_then(part[warp - 1], v); }
+    *total = part[nwarps - 1];
+    return v;
+}
+template <class X, class D, class S>
+__device__ void rlo_racy_seq_scan(int kind, long long len, X x, D d, S st) {
+    float carry = 0.0f;
+    for (long long base = 0; base < len; base += blockDim.x) {
+        const long long r = base + threadIdx.x;
+        const bool live = r < len;
+        const bool fwd = kind == RLO_SCAN_CUMSUM || kind == RLO_SCAN_DISCOUNTED_FWD;
+        const long long t = fwd ? r : len - 1 - r;
+        rlo_affine e;
+        e.a = 1.0f;
+        e.b = 0.0f;
+        if (live) {
+            e.b = x(t);
+            if (kind == RLO_SCAN_DISCOUNTED) { e.a = (t == len - 1) ? 0.0f : d(t); }
+            if (kind == RLO_SCAN_DISCOUNTED_FWD) { e.a = (t == 0) ? 0.0f : d(t - 1); }
+        }
+        rlo_affine total;
+        const rlo_affine p = rlo_racy_scan_affine(e, &total);
+        if (live) { st(t, p.a * carry + p.b); }
+        carry = total.a * carry + total.b;
+    }
+    __syncthreads();
+}
+#define rlo_seq_scan rlo_racy_seq_scan
+";
+
+/// The thread orders catch a race on shared memory inside a helper (which neither the stale
+/// workspace nor the canaries can see): reinforce_pp's token returns through a block scan with
+/// one barrier removed, in blocks of two warps, on sequences longer than a block.
+#[test]
+fn emulator_catches_a_shared_memory_race() {
+    if !emulator_or_skip("shared-memory race") {
+        return;
+    }
+    let objs = stdlib_objectives();
+    let (_, c) = objs
+        .iter()
+        .find(|(n, _)| n == "reinforce_pp")
+        .expect("reinforce_pp");
+    let good = emit(
+        &c.module,
+        &c.schedule,
+        &opts(TokLayout::Packed, StorageType::F32),
+    )
+    .expect("emit");
+    assert!(
+        good.source.contains("rlo_seq_scan("),
+        "reinforce_pp scans tokens"
+    );
+    let mut racy = good.clone();
+    racy.source = format!("{RACY_SCAN}\n{}", good.source);
+    let lib = EmuLib::build(&[&good, &racy]).unwrap_or_else(|e| panic!("{e}"));
+    let prog = |i: usize, p| Prog {
+        lib: &lib,
+        i,
+        p,
+        m: &c.module,
+        s: &c.schedule,
+    };
+    let o = RunOpts {
+        pass_threads: 64,
+        small_threads: 64,
+        ..RunOpts::default()
+    };
+    let b = long_batch(&c.module, 3);
+    let params = params_of(&c.module);
+    check(&prog(0, &good), &b, &params, o, &ALL_ORDERS)
+        .unwrap_or_else(|e| panic!("unmutated reinforce_pp: {e}"));
+    let e = check(&prog(1, &racy), &b, &params, o, &ALL_ORDERS)
+        .err()
+        .unwrap_or_else(|| panic!("racy scan: not detected"));
+    eprintln!("racy scan: {e}");
+    assert!(e.contains("thread order gives other bits"), "{e}");
+}

@@ -12,9 +12,10 @@ thread); the blocks of a launch run one after another, so `__shared__` can be `s
 - `__shfl_{down,up}_sync(0xffffffff, ..)`: the 32 lanes of a warp meet at a warp barrier, exchange
   values, and meet again; a lane that is missing (returned, or waiting elsewhere) is an error.
 - Between two barriers the threads run one at a time, in an order chosen per launch: ascending
-  thread index, descending, or a seeded random permutation per round. Code whose result depends
-  on that order has a data race between barriers (a missing `__syncthreads()`); the tests run
-  every program under several orders and require the same bits.
+  warp and lane index, descending, or seeded random permutations. A warp runs ahead of the
+  others up to the next `__syncthreads()` (through its shuffles), as it may on a GPU. Code whose
+  result depends on that order has a data race between barriers (a missing `__syncthreads()`);
+  the tests run every program under several orders and require the same bits.
 - Math is the host's libm in f32 (`expf`, `log1pf`, ...): within an ulp or two of CUDA's.
 
 What it cannot see: timing, the GPU memory model beyond barriers (no reordering of plain loads and
@@ -236,68 +237,81 @@ static bool rlo_emu_same_site(const rlo_emu_fiber& a, const rlo_emu_fiber& b) {
     return a.line == b.line && strcmp(a.file, b.file) == 0;
 }
 
-// Runs one block of `n` threads to completion; false (and rlo_emu_err) on a barrier error.
-// order: 0 ascending thread index, 1 descending, 2 random permutation per round.
+static void rlo_emu_shuffle(int* v, int n) {
+    for (int i = n - 1; i > 0; --i) {
+        const int j = (int)rlo_emu_rand((unsigned)i + 1);
+        const int t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+    }
+}
+
+// Runs warp `w` as far as it goes: its lanes one at a time until each waits (at a shuffle or a
+// barrier) or returns; a shuffle that all 32 lanes reach at the same site lets them go on. A warp
+// thus runs ahead of the others up to the next __syncthreads(), as it may on a GPU.
+static bool rlo_emu_warp(int w, int order) {
+    rlo_emu_fiber* f = &rlo_emu_f[w * 32];
+    int lanes[32];
+    for (int l = 0; l < 32; ++l) { lanes[l] = order == 1 ? 31 - l : l; }
+    for (;;) {
+        if (order == 2) { rlo_emu_shuffle(lanes, 32); }
+        for (int k = 0; k < 32; ++k) {
+            const int l = lanes[k];
+            while (f[l].state == RLO_RUN) { rlo_emu_resume(w * 32 + l); }
+            if (rlo_emu_err[0]) { return false; }
+        }
+        int at = 0, first = -1;
+        for (int l = 0; l < 32; ++l) {
+            if (f[l].state == RLO_WARP) {
+                ++at;
+                if (first < 0) { first = l; }
+            }
+        }
+        if (at == 0) { return true; }
+        if (at < 32) {
+            snprintf(rlo_emu_err, sizeof rlo_emu_err,
+                     "thread %d waits at a warp shuffle (%s:%d) that not all 32 lanes of its warp "
+                     "reach",
+                     w * 32 + first, f[first].file, f[first].line);
+            return false;
+        }
+        for (int l = 1; l < 32; ++l) {
+            if (!rlo_emu_same_site(f[0], f[l])) {
+                snprintf(rlo_emu_err, sizeof rlo_emu_err,
+                         "warp %d: lanes shuffle at different sites (%s:%d and %s:%d)", w,
+                         f[0].file, f[0].line, f[l].file, f[l].line);
+                return false;
+            }
+        }
+        for (int l = 0; l < 32; ++l) { f[l].state = RLO_RUN; }
+    }
+}
+
+// Runs one block of `n` threads (a multiple of 32) to completion; false (and rlo_emu_err) on a
+// barrier error. order: 0 ascending warp and lane index, 1 descending, 2 random permutations.
 static bool rlo_emu_block(int n, int order) {
-    int perm[RLO_EMU_MAX_THREADS];
+    const int nw = n / 32;
+    int warps[RLO_EMU_MAX_THREADS / 32];
     for (int i = 0; i < n; ++i) {
         if (!rlo_emu_start(i)) {
             snprintf(rlo_emu_err, sizeof rlo_emu_err, "cannot allocate a fiber stack");
             return false;
         }
-        perm[i] = order == 1 ? n - 1 - i : i;
     }
+    for (int w = 0; w < nw; ++w) { warps[w] = order == 1 ? nw - 1 - w : w; }
     for (;;) {
-        if (order == 2) {
-            for (int i = n - 1; i > 0; --i) {
-                const int j = (int)rlo_emu_rand((unsigned)i + 1);
-                const int t = perm[i];
-                perm[i] = perm[j];
-                perm[j] = t;
-            }
+        if (order == 2) { rlo_emu_shuffle(warps, nw); }
+        for (int k = 0; k < nw; ++k) {
+            if (!rlo_emu_warp(warps[k], order)) { return false; }
         }
-        for (int k = 0; k < n; ++k) {
-            const int i = perm[k];
-            while (rlo_emu_f[i].state == RLO_RUN) { rlo_emu_resume(i); }
-            if (rlo_emu_err[0]) { return false; }
-        }
-        // warps whose 32 lanes all wait at a shuffle go on first
-        bool released = false, waiting_warp = false;
-        for (int w = 0; w * 32 < n; ++w) {
-            int at = 0;
-            for (int l = 0; l < 32; ++l) { at += rlo_emu_f[w * 32 + l].state == RLO_WARP; }
-            if (at == 0) { continue; }
-            waiting_warp = true;
-            if (at < 32) { continue; }
-            for (int l = 1; l < 32; ++l) {
-                if (!rlo_emu_same_site(rlo_emu_f[w * 32], rlo_emu_f[w * 32 + l])) {
-                    snprintf(rlo_emu_err, sizeof rlo_emu_err,
-                             "warp %d: lanes shuffle at different sites (%s:%d and %s:%d)", w,
-                             rlo_emu_f[w * 32].file, rlo_emu_f[w * 32].line,
-                             rlo_emu_f[w * 32 + l].file, rlo_emu_f[w * 32 + l].line);
-                    return false;
-                }
-            }
-            for (int l = 0; l < 32; ++l) { rlo_emu_f[w * 32 + l].state = RLO_RUN; }
-            released = true;
-        }
-        if (released) { continue; }
-        int first_bar = -1, first_done = -1, first_warp = -1;
+        // every thread waits at a barrier or has returned
+        int first_bar = -1, first_done = -1;
         for (int i = 0; i < n; ++i) {
             const int s = rlo_emu_f[i].state;
             if (s == RLO_BAR && first_bar < 0) { first_bar = i; }
             if (s == RLO_DONE && first_done < 0) { first_done = i; }
-            if (s == RLO_WARP && first_warp < 0) { first_warp = i; }
         }
-        if (first_bar < 0 && !waiting_warp) { return true; }  // every thread returned
-        if (waiting_warp) {
-            const rlo_emu_fiber& f = rlo_emu_f[first_warp];
-            snprintf(rlo_emu_err, sizeof rlo_emu_err,
-                     "thread %d waits at a warp shuffle (%s:%d) that not all 32 lanes of its warp "
-                     "reach",
-                     first_warp, f.file, f.line);
-            return false;
-        }
+        if (first_bar < 0) { return true; }  // every thread returned
         if (first_done >= 0) {
             const rlo_emu_fiber& f = rlo_emu_f[first_bar];
             snprintf(rlo_emu_err, sizeof rlo_emu_err,
