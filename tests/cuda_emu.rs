@@ -278,7 +278,7 @@ fn small_batch(m: &Module, seed: u64) -> Batch {
             max_groups: 4,
             max_group_size: 4,
             max_len: 9,
-            turns: seed % 3 != 0,
+            turns: !seed.is_multiple_of(3),
         },
     );
     let mut b = rlo_tests::random_batch(m, &layout, &mut rng);

@@ -372,7 +372,7 @@ pub fn run(
         Level::Batch => 1,
     };
     let i32s = |name: &str, v: &[i32]| Guarded::new(name.into(), v.iter().map(|&x| x as u32));
-    let mut lay = vec![
+    let mut lay = [
         i32s("seq_off", &arrays.seq_off),
         i32s("seq_len", &arrays.seq_len),
         i32s("seq_group", &arrays.seq_group),
