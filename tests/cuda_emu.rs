@@ -527,3 +527,56 @@ fn emulator_catches_a_shared_memory_race() {
     eprintln!("racy scan: {e}");
     assert!(e.contains("thread order gives other bits"), "{e}");
 }
+
+/// `rlo_mask_to_len` (the helpers' own kernel, run by the runtime on padded masks): lengths of
+/// right-padded masks and the error flag for a mask that is not a prefix, with rows longer than
+/// a block, fewer blocks than rows (grid-stride loop), in three thread orders.
+#[test]
+fn mask_to_len_kernel() {
+    use rand::{Rng, SeedableRng};
+    if !emulator_or_skip("mask_to_len") {
+        return;
+    }
+    let lib = EmuLib::build(&[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut bad_masks = 0;
+    for (b, t, grid, block) in [
+        (5, 1, 5, 32),
+        (9, 31, 4, 32),
+        (7, 300, 7, 256),
+        (12, 513, 5, 64),
+    ] {
+        for bad in [false, true] {
+            let lengths: Vec<usize> = (0..b)
+                .map(|k| match k % 4 {
+                    0 => 0,
+                    1 => t,
+                    _ => rng.random_range(0..=t),
+                })
+                .collect();
+            let mut mask = vec![0f32; b * t];
+            for (s, &l) in lengths.iter().enumerate() {
+                for x in &mut mask[s * t..s * t + l] {
+                    *x = rng.random_range(0.5f32..2.0);
+                }
+            }
+            let hole = lengths.iter().position(|&l| l >= 2 && l < t);
+            if bad {
+                let Some(s) = hole else { continue };
+                bad_masks += 1;
+                mask[s * t + lengths[s] / 2] = 0.0; // a padded token before a valid one
+            }
+            for order in [Order::Ascending, Order::Descending, Order::Random] {
+                let (len, err) = lib
+                    .mask_to_len(&mask, b, t, grid, block, order)
+                    .unwrap_or_else(|e| panic!("b {b} t {t}: {e}"));
+                assert_eq!(err, i32::from(bad), "b {b} t {t} bad {bad}: error flag");
+                if !bad {
+                    let want: Vec<i32> = lengths.iter().map(|&l| l as i32).collect();
+                    assert_eq!(len, want, "b {b} t {t}: lengths");
+                }
+            }
+        }
+    }
+    assert!(bad_masks >= 3, "only {bad_masks} masks with a hole");
+}

@@ -79,6 +79,8 @@ pub fn translation_unit(programs: &[&CudaProgram]) -> String {
     );
     let common = COMMON_CUH.replace(f16_asm, "f = rlo_emu_h2f(p[i].x);");
     let mut out = format!("{EMU_H}\n#line 1 \"rlo_common.cuh\"\n{common}\n");
+    // the helpers' own kernel: lengths of right-padded masks
+    out.push_str(MASK_TO_LEN_WRAPPER);
     for (i, p) in programs.iter().enumerate() {
         // C++ linkage inside the namespace, so two programs may have the same kernel names
         let src = p.source.replace("extern \"C\" __global__", "__global__");
@@ -119,6 +121,21 @@ pub fn translation_unit(programs: &[&CudaProgram]) -> String {
     }
     out
 }
+
+const MASK_TO_LEN_WRAPPER: &str = r#"
+#line 1 "rlo_emu_mask_to_len"
+struct rlo_emu_mask_args { const float* mask; long long n, stride; int* len; int* err; };
+static void rlo_emu_mask_body(void* a) {
+    const rlo_emu_mask_args* x = (const rlo_emu_mask_args*)a;
+    rlo_mask_to_len(x->mask, x->n, x->stride, x->len, x->err);
+}
+extern "C" int rlo_emu_mask_to_len(const float* mask, long long n, long long stride, int* len,
+                                   int* err, unsigned grid, unsigned block, int order,
+                                   unsigned long long seed, char* e, unsigned long long elen) {
+    rlo_emu_mask_args a = {mask, n, stride, len, err};
+    return rlo_emu_launch(rlo_emu_mask_body, &a, grid, block, order, seed, e, elen);
+}
+"#;
 
 fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda_emu")
@@ -189,6 +206,72 @@ impl EmuLib {
                 .map_err(|e| e.to_string())?;
             Ok((*f, b()))
         }
+    }
+}
+
+type MaskFn = unsafe extern "C" fn(
+    *const f32,
+    i64,
+    i64,
+    *mut i32,
+    *mut i32,
+    u32,
+    u32,
+    i32,
+    u64,
+    *mut u8,
+    u64,
+) -> i32;
+
+impl EmuLib {
+    /// Runs `rlo_mask_to_len` of `rlo_common.cuh` on a `[b, t]` mask with `grid` blocks of
+    /// `block` threads: the lengths and the error flag (1: a mask is not a prefix).
+    pub fn mask_to_len(
+        &self,
+        mask: &[f32],
+        b: usize,
+        t: usize,
+        grid: u32,
+        block: u32,
+        order: Order,
+    ) -> Result<(Vec<i32>, i32), String> {
+        assert_eq!(mask.len(), b * t, "mask shape");
+        let mut m = Guarded::new("mask".into(), mask.iter().map(|x| x.to_bits()));
+        let mut len = Guarded::new("len".into(), std::iter::repeat_n(POISON, b));
+        let mut err = Guarded::new("err".into(), [0u32]);
+        let mut msg = vec![0u8; 1024];
+        // SAFETY: the symbol is the wrapper of MASK_TO_LEN_WRAPPER with this signature; the
+        // pointers are to `b * t` floats, `b` ints and one int, alive until the call returns.
+        let rc = unsafe {
+            let f = self
+                .lib
+                .get::<MaskFn>(b"rlo_emu_mask_to_len")
+                .map_err(|e| e.to_string())?;
+            f(
+                m.ptr() as *const f32,
+                b as i64,
+                t as i64,
+                len.ptr() as *mut i32,
+                err.ptr() as *mut i32,
+                grid,
+                block,
+                order as i32,
+                1,
+                msg.as_mut_ptr(),
+                msg.len() as u64,
+            )
+        };
+        if rc != 0 {
+            let n = msg.iter().position(|&c| c == 0).unwrap_or(msg.len());
+            return Err(String::from_utf8_lossy(&msg[..n]).into_owned());
+        }
+        for g in [&m, &len, &err] {
+            g.check("rlo_mask_to_len")?;
+        }
+        Ok((
+            (0..b).map(|k| len.get(k) as i32).collect(),
+            err.get(0) as i32,
+        ))
     }
 }
 
