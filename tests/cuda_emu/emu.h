@@ -11,6 +11,8 @@ thread); the blocks of a launch run one after another, so `__shared__` can be `s
   is undefined behaviour (a hang or a wrong result).
 - `__shfl_{down,up}_sync(0xffffffff, ..)`: the 32 lanes of a warp meet at a warp barrier, exchange
   values, and meet again; a lane that is missing (returned, or waiting elsewhere) is an error.
+- The blocks of a launch run in ascending, descending or a seeded permuted order (with the
+  thread order below), so results that depend on which block runs first change too.
 - Between two barriers the threads run one at a time, in an order chosen per launch: ascending
   warp and lane index, descending, or seeded random permutations. A warp runs ahead of the
   others up to the next `__syncthreads()` (through its shuffles), as it may on a GPU. Code whose
@@ -332,6 +334,15 @@ static bool rlo_emu_block(int n, int order) {
     }
 }
 
+static unsigned rlo_emu_gcd(unsigned a, unsigned b) {
+    while (b) {
+        const unsigned t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
 static std::mutex rlo_emu_lock;
 
 // Runs `body(arg)` as a grid of `grid` blocks of `block` threads. Returns 0, or 1 with the message
@@ -349,7 +360,15 @@ static int rlo_emu_launch(void (*body)(void*), void* arg, unsigned grid, unsigne
     rlo_emu_arg = arg;
     blockDim = {block, 1, 1};
     gridDim = {grid, 1, 1};
-    for (unsigned b = 0; b < grid; ++b) {
+    // blocks one after another, in the launch's order too (a race between blocks changes bits)
+    unsigned long long brng = seed * 0x2545F4914F6CDD1Dull | 1;
+    for (unsigned k = 0; k < grid; ++k) {
+        unsigned b = order == 1 ? grid - 1 - k : k;
+        if (order == 2) {  // a seeded affine permutation of 0..grid
+            unsigned a = (unsigned)(brng % grid) | 1u;
+            while (a > 1 && rlo_emu_gcd(a, grid) != 1) { a -= 2; }
+            b = (unsigned)(((unsigned long long)a * k + (brng >> 32)) % grid);
+        }
         blockIdx = {b, 0, 0};
         if (!rlo_emu_block((int)block, order)) {
             snprintf(err, errlen, "block %u: %s", b, rlo_emu_err);
