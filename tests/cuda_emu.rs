@@ -101,9 +101,19 @@ fn grpo_with_more_sequences_than_threads() {
     }
 }
 
+/// A block sum that also reads a shared array no thread has written (0 × garbage: 0 on most
+/// garbage, NaN on the emulator's 0xff fill).
+const UNINIT_SHARED: &str = "
+__device__ float rlo_uninit_block_sum(float v) {
+    __shared__ float junk[4];
+    return rlo_block_reduce<rlo_op_sum>(v) + 0.0f * junk[1];
+}
+#define rlo_block_sum rlo_uninit_block_sum
+";
+
 /// The emulator's own checks bite: a removed barrier (a race between barriers), a barrier that
-/// one thread skips, an off-by-one write past a buffer and a kernel that reads the padding are
-/// each reported.
+/// one thread skips, an off-by-one write past a buffer, a kernel that reads the padding and one
+/// that reads shared memory nobody wrote are each reported.
 #[test]
 fn emulator_catches_planted_bugs() {
     if !emulator_or_skip("planted bugs") {
@@ -157,6 +167,15 @@ fn emulator_catches_planted_bugs() {
                 "const long long len = RLO_LEN(s);",
                 "const long long len = ctx.tok_stride;",
             ),
+            "",
+        ),
+        (
+            "read of shared memory never written",
+            {
+                let mut p = good.clone();
+                p.source = format!("{UNINIT_SHARED}\n{}", p.source);
+                p
+            },
             "",
         ),
     ];

@@ -16,7 +16,12 @@ pub fn opts(layout: TokLayout, tok_dtype: StorageType) -> CudaOptions {
 }
 
 /// Compares two evaluations; returns the first disagreement.
-pub fn compare(got: &Evaluation, want: &Evaluation, tol: f64) -> Result<(), String> {
+pub fn compare(
+    got: &Evaluation,
+    want: &Evaluation,
+    tol: f64,
+    reference: &str,
+) -> Result<(), String> {
     let close = |a: f64, b: f64, scale: f64| {
         if a.is_nan() || b.is_nan() {
             return a.is_nan() && b.is_nan();
@@ -39,7 +44,7 @@ pub fn compare(got: &Evaluation, want: &Evaluation, tol: f64) -> Result<(), Stri
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             if !close(*x, *y, s) {
                 return Err(format!(
-                    "{what}[{i}]: emulated cuda {x:e}, interpreter {y:e}"
+                    "{what}[{i}]: emulated cuda {x:e}, {reference} {y:e}"
                 ));
             }
         }
@@ -168,7 +173,7 @@ pub fn check(
             got.outputs[k].clone_from(&want.outputs[k]);
         }
     }
-    let Err(e) = compare(&got, &want, 1e-5) else {
+    let Err(e) = compare(&got, &want, 1e-5, "interpreter") else {
         return Ok(Agreement::Interpreter);
     };
     use rlo_compiler::back::clif::ClifOptions;
@@ -188,7 +193,7 @@ pub fn check(
             want.outputs[k].clone_from(&got.outputs[k]);
         }
     }
-    compare(&got, &want, 1e-5)
+    compare(&got, &want, 1e-5, "cpu f32")
         .map(|()| Agreement::CpuF32)
         .map_err(|c| format!("{e}; and against the f32 cpu backend: {c}"))
 }

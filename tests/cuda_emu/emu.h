@@ -40,8 +40,11 @@ stores, no warp-level lockstep assumptions other than the ones above), NVRTC-spe
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
-// blocks of one launch run one after another, so per-block shared memory can be static
-#define __shared__ static
+// blocks of one launch run one after another, so per-block shared memory can be static; it is
+// all in one section, filled with 0xff bytes (NaN floats, huge integers) before every block, so
+// a read of shared memory that no thread of the block has written yet shows
+#define __shared__ __attribute__((section("rlo_emu_shared"))) static
+extern "C" char __start_rlo_emu_shared[], __stop_rlo_emu_shared[];
 
 struct rlo_emu_dim3 { unsigned x, y, z; };
 // external linkage (not static) and a memory clobber after every switch: the compiler must reload
@@ -370,6 +373,7 @@ static int rlo_emu_launch(void (*body)(void*), void* arg, unsigned grid, unsigne
             b = (unsigned)(((unsigned long long)a * k + (brng >> 32)) % grid);
         }
         blockIdx = {b, 0, 0};
+        memset(__start_rlo_emu_shared, 0xff, (size_t)(__stop_rlo_emu_shared - __start_rlo_emu_shared));
         if (!rlo_emu_block((int)block, order)) {
             snprintf(err, errlen, "block %u: %s", b, rlo_emu_err);
             return 1;
