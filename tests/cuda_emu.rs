@@ -305,10 +305,25 @@ fn stdlib_objectives_match_the_interpreter() {
     );
 }
 
+/// Rounds every f32 input to a multiple of 0.5 with the sign kept (so -0.0 appears): ties for
+/// ranks, quantiles and max/min, signed zeros for comparisons.
+fn coarsen(m: &rlo_compiler::Module, b: &mut rlo_compiler::Batch) {
+    for inp in &m.inputs {
+        if inp.ty.dtype == rlo_compiler::DType::F32 {
+            if let Some(v) = b.values.get_mut(&inp.name) {
+                for x in v.iter_mut() {
+                    *x = ((*x * 2.0).round() / 2.0).copysign(*x);
+                }
+            }
+        }
+    }
+}
+
 /// Random well-typed programs (`rlo_tests::random_module`: every primitive at every level, ranks,
 /// quantiles, scans, per-position reductions, turns) through autodiff and the real scheduler;
-/// packed and padded, f32 and 16-bit token inputs; each on a ragged layout with turns and on one
-/// with sequences longer than a block, in three thread orders (every tenth program also with the
+/// packed and padded, f32 and 16-bit token inputs; each on a ragged layout with turns, on one
+/// with sequences longer than a block and on inputs with ties and signed zeros, in three thread
+/// orders (every tenth program also with the
 /// runtime's 256/1024-thread blocks). `RLO_EMU_CASES` sets the number
 /// of programs (default 240).
 #[test]
@@ -371,8 +386,12 @@ fn random_programs_match_the_interpreter() {
                 ..Default::default()
             },
         );
-        for (what, layout) in [("ragged", ragged), ("long", long)] {
-            let b = rlo_tests::random_batch(m, &layout, rng);
+        let ties = ragged.clone();
+        for (what, layout) in [("ragged", ragged), ("long", long), ("ties", ties)] {
+            let mut b = rlo_tests::random_batch(m, &layout, rng);
+            if what == "ties" {
+                coarsen(m, &mut b);
+            }
             let o = small_blocks(RunOpts {
                 seed: j as u64,
                 null_tok_turn: j % 3 == 0,
