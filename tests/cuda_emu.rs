@@ -305,20 +305,6 @@ fn stdlib_objectives_match_the_interpreter() {
     );
 }
 
-/// Rounds every f32 input to a multiple of 0.5 with the sign kept (so -0.0 appears): ties for
-/// ranks, quantiles and max/min, signed zeros for comparisons.
-fn coarsen(m: &rlo_compiler::Module, b: &mut rlo_compiler::Batch) {
-    for inp in &m.inputs {
-        if inp.ty.dtype == rlo_compiler::DType::F32 {
-            if let Some(v) = b.values.get_mut(&inp.name) {
-                for x in v.iter_mut() {
-                    *x = ((*x * 2.0).round() / 2.0).copysign(*x);
-                }
-            }
-        }
-    }
-}
-
 /// Random well-typed programs (`rlo_tests::random_module`: every primitive at every level, ranks,
 /// quantiles, scans, per-position reductions, turns) through autodiff and the real scheduler;
 /// packed and padded, f32 and 16-bit token inputs; each on a ragged layout with turns, on one

@@ -367,10 +367,24 @@ pub fn resize_values(m: &Module, b: &mut Batch) {
     }
 }
 
+/// Rounds every f32 input to a multiple of 0.5 with the sign kept (so -0.0 appears): ties for
+/// ranks, quantiles and max/min, signed zeros for comparisons.
+pub fn coarsen(m: &Module, b: &mut Batch) {
+    for inp in &m.inputs {
+        if inp.ty.dtype == DType::F32 {
+            if let Some(v) = b.values.get_mut(&inp.name) {
+                for x in v.iter_mut() {
+                    *x = ((*x * 2.0).round() / 2.0).copysign(*x);
+                }
+            }
+        }
+    }
+}
+
 /// The batches every stdlib objective runs on, with the thread counts: ragged with turns
-/// (lengths 0..9, groups of one), single-turn (null `tok_turn`), 40 sequences (more than a
-/// block of the small stages), sequences longer than a block, all sequences empty, no sequences
-/// at all, one sequence alone in its group.
+/// (lengths 0..9, groups of one), single-turn (null `tok_turn`), inputs with ties, 40 sequences
+/// (more than a block of the small stages), sequences longer than a block, all sequences empty,
+/// no sequences at all, one sequence alone in its group.
 pub fn stdlib_batches(m: &Module) -> Vec<(String, Batch, RunOpts)> {
     let small = small_blocks(RunOpts::default());
     let mut v = Vec::new();
@@ -382,6 +396,9 @@ pub fn stdlib_batches(m: &Module) -> Vec<(String, Batch, RunOpts)> {
         };
         v.push((format!("ragged seed {seed}"), small_batch(m, seed), o));
     }
+    let mut ties = small_batch(m, 6);
+    coarsen(m, &mut ties);
+    v.push(("ties".into(), ties, small));
     v.push(("40 sequences".into(), wide_batch(m, 3, 40, 6), small));
     v.push(("long".into(), long_batch(m, 11), small));
     for (what, lengths, groups) in [
