@@ -78,7 +78,7 @@ static inline float rlo_emu_h2f(unsigned short h) {
 // -----------------------------------------------------------------------------------------------
 // fibers
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(RLO_EMU_UCONTEXT)
 // rlo_emu_switch(&save_sp, new_sp): saves the callee-saved registers on the current stack, stores
 // the stack pointer, switches to new_sp and restores the registers saved there.
 extern "C" void rlo_emu_switch(void** save_sp, void* new_sp);
@@ -106,6 +106,7 @@ rlo_emu_switch:
 )");
 #else
 #include <ucontext.h>
+#undef RLO_EMU_UCONTEXT
 #define RLO_EMU_UCONTEXT 1
 #endif
 

@@ -155,7 +155,11 @@ impl EmuLib {
     /// Compiles (or reuses, by hash of the text and flags) the library of `programs`.
     pub fn build(programs: &[&CudaProgram]) -> Result<EmuLib, String> {
         let text = translation_unit(programs);
-        let key = fnv(&format!("{text}\n{FLAGS:?}"));
+        // extra g++ flags, e.g. `-DRLO_EMU_UCONTEXT` (the portable fiber switch on x86-64)
+        let extra: Vec<String> = std::env::var("RLO_EMU_CXXFLAGS")
+            .map(|v| v.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let key = fnv(&format!("{text}\n{FLAGS:?}{extra:?}"));
         let dir = cache_dir();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let cpp = dir.join(format!("{key:016x}.cpp"));
@@ -167,6 +171,7 @@ impl EmuLib {
             let t0 = std::time::Instant::now();
             let out = Command::new("g++")
                 .args(FLAGS)
+                .args(&extra)
                 .arg("-o")
                 .arg(&tmp)
                 .arg(&cpp)
