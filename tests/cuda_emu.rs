@@ -308,8 +308,8 @@ fn stdlib_objectives_match_the_interpreter() {
 /// Random well-typed programs (`rlo_tests::random_module`: every primitive at every level, ranks,
 /// quantiles, scans, per-position reductions, turns) through autodiff and the real scheduler;
 /// packed and padded, f32 and 16-bit token inputs; each on a ragged layout with turns, on one
-/// with sequences longer than a block and on inputs with ties and signed zeros, in three thread
-/// orders (every tenth program also with the
+/// with sequences longer than a block, on up to 80 sequences (more than a 32-thread block) and on
+/// inputs with ties and signed zeros, in three thread orders (every tenth program also with the
 /// runtime's 256/1024-thread blocks). `RLO_EMU_CASES` sets the number
 /// of programs (default 240).
 #[test]
@@ -372,8 +372,22 @@ fn random_programs_match_the_interpreter() {
                 ..Default::default()
             },
         );
+        let wide = rlo_tests::random_layout(
+            rng,
+            rlo_tests::LayoutSpec {
+                max_groups: 16,
+                max_group_size: 5,
+                ..Default::default()
+            },
+        );
         let ties = ragged.clone();
-        for (what, layout) in [("ragged", ragged), ("long", long), ("ties", ties)] {
+        let layouts = [
+            ("ragged", ragged),
+            ("long", long),
+            ("wide", wide),
+            ("ties", ties),
+        ];
+        for (what, layout) in layouts {
             let mut b = rlo_tests::random_batch(m, &layout, rng);
             if what == "ties" {
                 coarsen(m, &mut b);

@@ -239,13 +239,13 @@ pub fn small_batch(m: &Module, seed: u64) -> Batch {
     b
 }
 
-/// Sequences longer than a block (256) and not a multiple of it, an empty one, one of length 1,
-/// a group of one.
+/// Sequences longer than a block (256) and not a multiple of it, exactly 256 and 32 tokens, an
+/// empty one, one of length 1, a group of one.
 pub fn long_batch(m: &Module, seed: u64) -> Batch {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let lengths = [300usize, 0, 1, 257, 513, 31, 255];
-    let groups = vec![0u32, 0, 1, 2, 2, 2, 3];
+    let lengths = [300usize, 0, 1, 257, 513, 31, 255, 256, 32];
+    let groups = vec![0u32, 0, 1, 2, 2, 2, 3, 4, 4];
     let layout = Layout::single_turn(&lengths, groups);
     let mut values = BTreeMap::new();
     for inp in &m.inputs {
