@@ -9,9 +9,10 @@
 //! ascending, descending and random thread orders.
 //!
 //! Tolerance as in `parity_cpu.rs` (f32 mode): `|a − b| ≤ 1e-5·max(|a|, |b|) + 1e-5·scale`, with
-//! `scale` the largest magnitude of the vector (at least 1); metrics and outputs that depend on
-//! a comparison are discontinuous and not compared (f32 rounding may flip `a > b` where the f64
-//! interpreter has `a == b`).
+//! `scale` the largest magnitude of the vector (at least 1). Where f32 cannot meet that (an
+//! ill-conditioned value; a metric or output that depends on a comparison, where f32 rounding
+//! may flip `a > b` at an exact tie of the f64 interpreter) the value must agree with the f32
+//! CPU backend instead; the tests print those cases and bound their number.
 
 #[path = "cuda_emu/check.rs"]
 mod check;
@@ -240,7 +241,7 @@ fn stdlib_objectives_match_the_interpreter() {
     let per_lib = programs.len().div_ceil(2);
     let (libs, gpp) = build_all(&programs, per_lib);
     let t_built = t0.elapsed().as_secs_f64();
-    let (mut runs, mut via_cpu) = (0usize, Vec::new());
+    let (mut runs, mut via_cpu, mut flipped) = (0usize, Vec::new(), Vec::new());
     for (j, p) in programs.iter().enumerate() {
         let (name, c) = &objs[owner[j]];
         let pr = Prog {
@@ -277,6 +278,7 @@ fn stdlib_objectives_match_the_interpreter() {
             match check(&pr, &b, &params, o, orders) {
                 Ok(Agreement::Interpreter) => {}
                 Ok(Agreement::CpuF32) => via_cpu.push(format!("{case} params {params:?}")),
+                Ok(Agreement::TieFlipped) => flipped.push(format!("{case} params {params:?}")),
                 Err(e) => failures.push(format!("{case} params {params:?}: {e}")),
             }
         }
@@ -291,6 +293,11 @@ fn stdlib_objectives_match_the_interpreter() {
         "{} cases agree with the f32 cpu backend but not within 1e-5 of the f64 interpreter:\n  {}",
         via_cpu.len(),
         via_cpu.join("\n  ")
+    );
+    eprintln!(
+        "{} cases where a discontinuous metric/output decides an f32 tie otherwise than f64 (as the f32 cpu backend does):\n  {}",
+        flipped.len(),
+        flipped.join("\n  ")
     );
     assert!(
         failures.is_empty(),
@@ -354,7 +361,7 @@ fn random_programs_match_the_interpreter() {
     let (libs, gpp) = build_all(&programs, per_lib);
     let t_built = t0.elapsed().as_secs_f64();
     let mut failures = Vec::new();
-    let (mut via_cpu, mut runs) = (0usize, 0usize);
+    let (mut via_cpu, mut runs, mut flipped) = (0usize, 0usize, 0usize);
     for (j, (p, (m, s, rng))) in programs.iter().zip(&mut mods).enumerate() {
         let pr = Prog {
             lib: &libs[j / per_lib],
@@ -414,6 +421,7 @@ fn random_programs_match_the_interpreter() {
             match check(&pr, &b, &params, o, orders) {
                 Ok(Agreement::Interpreter) => {}
                 Ok(Agreement::CpuF32) => via_cpu += 1,
+                Ok(Agreement::TieFlipped) => flipped += 1,
                 Err(e) => failures.push(format!(
                     "seed {j} {:?} {:?} {what}: {e}",
                     p.layout, p.tok_dtype
@@ -422,7 +430,7 @@ fn random_programs_match_the_interpreter() {
         }
     }
     eprintln!(
-        "cuda emulator: {n} random programs, {runs} runs; g++ {gpp:.1} s (cpu), built after {t_built:.1} s, total {:.1} s; {via_cpu} agree with the f32 cpu backend only",
+        "cuda emulator: {n} random programs, {runs} runs; g++ {gpp:.1} s (cpu), built after {t_built:.1} s, total {:.1} s; {via_cpu} agree with the f32 cpu backend only, {flipped} with a tie decided otherwise in f32",
         t0.elapsed().as_secs_f64()
     );
     assert!(
