@@ -340,3 +340,52 @@ fn print_token_pass_work() {
         total(|x| x.total, &[0, 2, 3]),
     );
 }
+
+/// Problems of a module that the default simplification should have removed: a broadcast of a
+/// broadcast, an elementwise node whose operands are all broadcasts (sinking stopped early), a
+/// node no root needs (left over from a rewrite).
+fn not_normal(m: &Module) -> Vec<String> {
+    let need = rlo_compiler::schedule::needed(m);
+    let is_bcast = |h| matches!(m.exprs.get(h), Some(Expr::Broadcast { .. }));
+    let mut bad = Vec::new();
+    for (h, e) in m.exprs.iter() {
+        if !need[h.index()] {
+            bad.push(format!("{h} is dead"));
+        }
+        let elementwise = matches!(
+            e,
+            Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Detach { .. }
+        );
+        match *e {
+            Expr::Broadcast { arg, .. } if is_bcast(arg) => {
+                bad.push(format!("{h} broadcasts a broadcast"))
+            }
+            _ if elementwise && e.operands().into_iter().all(is_bcast) => {
+                bad.push(format!("{h} = {e:?} has only broadcast operands"))
+            }
+            _ => {}
+        }
+    }
+    bad
+}
+
+#[test]
+fn simplified_modules_are_in_normal_form() {
+    for (name, raw) in stdlib_raw() {
+        let bad = not_normal(&simplified(&raw, SimplifyOptions::default()));
+        assert!(bad.is_empty(), "{name}: {bad:?}");
+    }
+    for seed in 0..150u64 {
+        let mut rng = StdRng::seed_from_u64(9700 + seed);
+        let steps = rng.random_range(4..24);
+        let raw = autodiff::differentiate(random_module(
+            &mut rng,
+            ModuleSpec {
+                steps,
+                detach: true,
+            },
+        ));
+        let bad = not_normal(&simplified(&raw, SimplifyOptions::default()));
+        assert!(bad.is_empty(), "seed {seed}: {bad:?}");
+    }
+}

@@ -435,7 +435,17 @@ impl Simplifier {
         let inner = map_operands(e, |o| {
             moved.iter().find(|&&(k, _)| k == o).map_or(o, |&(_, v)| v)
         });
+        // The folded node may itself be a broadcast (a select with a literal condition picks a
+        // branch coarser than `to`): broadcast its argument, never a broadcast of a broadcast.
         let h = self.fold(inner, to);
+        let h = match self.b.m.exprs.get(h) {
+            Some(Expr::Broadcast { arg, .. }) => *arg,
+            _ => h,
+        };
         Some(self.b.bcast(h, level))
     }
 }
+
+#[cfg(test)]
+#[path = "simplify_tests.rs"]
+mod tests;
