@@ -61,7 +61,11 @@ impl SimplifyOptions {
 }
 
 impl Default for SimplifyOptions {
-    /// What `compile` runs.
+    /// What `compile` runs: sinking, and factoring only where it shares. On the 31 stdlib
+    /// objectives `Shared` removes exactly the token-pass reductions `Always` removes (104 → 90)
+    /// with 76 fewer nodes and fewer reordered sums: factoring a lone sum only trades its token
+    /// accumulator for a sequence accumulator plus a small-stage sum
+    /// (`cargo test -p rlo-tests --test simplify -- --ignored --nocapture` prints the table).
     fn default() -> Self {
         SimplifyOptions {
             sink: true,
