@@ -14,7 +14,7 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rlo_compiler::back::clif::ClifOptions;
+use rlo_compiler::back::clif::{self, ClifOptions};
 use rlo_compiler::back::interp;
 use rlo_compiler::{
     compile, Batch, Compiled, DType, Evaluation, Layout, Level, Module, Options, Schedule,
@@ -245,6 +245,7 @@ fn random_programs_agree_with_interpreter() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let mut failures = Vec::new();
+    let mut simd = 0;
     for seed in 0..n {
         let mut rng = StdRng::seed_from_u64(seed);
         let steps = 4 + (seed % 12) as usize;
@@ -259,9 +260,19 @@ fn random_programs_agree_with_interpreter() {
             Ok(x) => x,
             Err(e) => panic!("seed {seed}: random module does not compile: {e}"),
         };
-        let layout = rlo_tests::random_layout(&mut rng, rlo_tests::LayoutSpec::default());
+        // Odd seeds: sequences up to 11 tokens (two SIMD iterations of 4 and a scalar tail).
+        let spec = rlo_tests::LayoutSpec {
+            max_len: if seed % 2 == 1 { 11 } else { 5 },
+            ..Default::default()
+        };
+        let layout = rlo_tests::random_layout(&mut rng, spec);
         let b = rlo_tests::random_batch(&m, &layout, &mut rng);
         let params: Vec<f64> = m.params.iter().map(|p| p.default).collect();
+        if let Ok(p) = clif::emit(&m, &s, &ClifOptions::default()) {
+            if clif::program_text(&m, &p).contains("f32x4") {
+                simd += 1;
+            }
+        }
         if let Err(e) = check(&m, &s, &b, &params) {
             failures.push(format!("seed {seed}: {e}"));
         }
@@ -272,6 +283,135 @@ fn random_programs_agree_with_interpreter() {
         failures.len(),
         failures.join("\n")
     );
+    // The SIMD token sweeps must actually be exercised (most random programs have one).
+    eprintln!("{simd} of {n} random programs have a SIMD token sweep");
+    assert!(
+        simd * 3 >= n,
+        "only {simd} of {n} random programs use SIMD sweeps"
+    );
+}
+
+/// The inline f32 `exp` of the CPU backend (SIMD lanes and scalar tail) against the correctly
+/// rounded value (`f64::exp` rounded to f32), over the whole range where the result is neither
+/// 0 nor inf, plus special values; and the same bits in a SIMD lane and in the scalar tail.
+#[test]
+fn inline_exp_accuracy() {
+    let text = "
+objective e() {
+    input x: tok diff
+    loss batch_sum(x)
+    output y = exp(x)
+}
+";
+    let c = compile("exp.rlo", text, &Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default()).expect("compiles");
+    let mut r = Rng(12345);
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        1e-30,
+        -1e-30,
+        88.72283,
+        88.72284,
+        88.7,
+        89.0,
+        100.0,
+        -87.33654,
+        -87.3366,
+        -103.0,
+        -103.97,
+        -103.98,
+        -104.0,
+        -150.0,
+        0.5,
+        -0.5,
+        0.346_573_6,
+        -0.346_573_6,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+    ];
+    let n = if std::env::var("RLO_EXP_FULL").is_ok() {
+        50_000_000
+    } else {
+        2_000_000
+    };
+    // Uniform in [-104, 89] and, for small arguments, uniform in log scale.
+    for i in 0..n {
+        let u = r.unit();
+        xs.push(if i % 4 == 3 {
+            let m = 10f64.powf(-10.0 * u) * if r.int(2) == 0 { 1.0 } else { -1.0 };
+            m as f32
+        } else {
+            (-104.0 + 193.0 * u) as f32
+        });
+    }
+    // One sequence of 4k + 3 tokens: the first 4k in SIMD lanes, the last 3 in the scalar tail.
+    let len = xs.len();
+    let layout = Layout::single_turn(&[len], vec![0]);
+    let mut values = BTreeMap::new();
+    values.insert("x".to_string(), xs.iter().map(|&v| f64::from(v)).collect());
+    let b = Batch { layout, values };
+    let ev = k.evaluate(&c.module, &b, &[], 1).expect("evaluates");
+    let y = &ev.outputs[0];
+    let ulps = |a: f32, b: f32| -> u64 {
+        if a.is_nan() || b.is_nan() {
+            return if a.is_nan() && b.is_nan() {
+                0
+            } else {
+                u64::MAX
+            };
+        }
+        (i64::from(a.to_bits() as i32) - i64::from(b.to_bits() as i32)).unsigned_abs()
+    };
+    let mut worst = (0u64, 0f32);
+    let mut off = 0usize;
+    for (&x, &yv) in xs.iter().zip(y) {
+        let want = (f64::from(x)).exp() as f32;
+        let d = ulps(yv as f32, want);
+        if d > worst.0 {
+            worst = (d, x);
+        }
+        off += usize::from(d > 0);
+    }
+    eprintln!(
+        "inline exp: {len} arguments, max error {} ulp (at x = {:e}), {off} not correctly rounded",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 <= 2,
+        "inline exp error {} ulp at x = {:e}",
+        worst.0,
+        worst.1
+    );
+    // Specials exactly.
+    assert_eq!(y[0], 1.0);
+    assert_eq!(y[1], 1.0);
+    assert_eq!(y[22], f64::INFINITY);
+    assert_eq!(y[23], 0.0);
+    assert!(y[24].is_nan());
+    // The same bits in SIMD lanes (tokens 0..4) and in the scalar tail (the last 3 tokens).
+    let probe = [0.3f32, -7.25, 42.5];
+    let mut values = BTreeMap::new();
+    let seq: Vec<f64> = [0.3f32, -7.25, 42.5, 1.0, 0.3, -7.25, 42.5]
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    values.insert("x".to_string(), seq);
+    let b = Batch {
+        layout: Layout::single_turn(&[7], vec![0]),
+        values,
+    };
+    let ev = k.evaluate(&c.module, &b, &[], 1).expect("evaluates");
+    for i in 0..probe.len() {
+        assert_eq!(ev.outputs[0][i].to_bits(), ev.outputs[0][4 + i].to_bits());
+    }
 }
 
 #[test]
@@ -343,4 +483,108 @@ objective serial_reductions(c: f32 = 0.5) {
         let b = random_batch(&c, seed);
         check(&c.module, &c.schedule, &b, &params).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
+}
+
+/// Measured accuracy of every transcendental function of the CPU backend in f32 mode (inline
+/// `exp`, Rust helpers for the others) against the f64 function rounded to f32, on arguments
+/// spread over each function's useful range. Prints the table that `spec.md` §6.8 and
+/// `compiler/src/back/clif.rs` quote; fails if a bound there no longer holds.
+#[test]
+fn math_accuracy_table() {
+    let text = "
+objective m() {
+    input x: tok diff
+    input p: tok
+    loss batch_sum(x)
+    output exp = exp(x)
+    output log = log(p)
+    output log1p = log1p(p - 0.999)
+    output expm1 = expm1(x)
+    output tanh = tanh(x)
+    output sigmoid = sigmoid(x)
+    output softplus = softplus(x)
+    output sqrt = sqrt(p)
+    output pow = pow(p, x / 8)
+}
+";
+    let c = compile("math.rlo", text, &Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default()).expect("compiles");
+    let mut r = Rng(777);
+    let n = 400_003;
+    // x: uniform in [-80, 80] with a quarter of log-uniform small magnitudes; p: log-uniform
+    // in [1e-30, 1e30].
+    let xs: Vec<f32> = (0..n)
+        .map(|i| {
+            let u = r.unit();
+            if i % 4 == 3 {
+                (10f64.powf(-8.0 * u) * if r.int(2) == 0 { 1.0 } else { -1.0 }) as f32
+            } else {
+                (-80.0 + 160.0 * u) as f32
+            }
+        })
+        .collect();
+    let ps: Vec<f32> = (0..n)
+        .map(|_| 10f64.powf(-30.0 + 60.0 * r.unit()) as f32)
+        .collect();
+    let mut values = BTreeMap::new();
+    values.insert("x".to_string(), xs.iter().map(|&v| f64::from(v)).collect());
+    values.insert("p".to_string(), ps.iter().map(|&v| f64::from(v)).collect());
+    let b = Batch {
+        layout: Layout::single_turn(&[n], vec![0]),
+        values,
+    };
+    let ev = k.evaluate(&c.module, &b, &[], 1).expect("evaluates");
+    let ulps = |a: f32, b: f32| -> u64 {
+        if a.is_nan() || b.is_nan() {
+            return if a.is_nan() && b.is_nan() {
+                0
+            } else {
+                u64::MAX
+            };
+        }
+        if a == b {
+            return 0;
+        }
+        (i64::from(a.to_bits() as i32) - i64::from(b.to_bits() as i32)).unsigned_abs()
+    };
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+    // (name, reference, bound in ulp)
+    type Ref = Box<dyn Fn(f32, f32) -> f64>;
+    let cases: Vec<(&str, Ref, u64)> = vec![
+        ("exp", Box::new(|x, _| f64::from(x).exp()), 1),
+        ("log", Box::new(|_, p| f64::from(p).ln()), 1),
+        ("log1p", Box::new(|_, p| f64::from(p - 0.999).ln_1p()), 1),
+        ("expm1", Box::new(|x, _| f64::from(x).exp_m1()), 1),
+        ("tanh", Box::new(|x, _| f64::from(x).tanh()), 2),
+        ("sigmoid", Box::new(move |x, _| sig(f64::from(x))), 2),
+        ("softplus", Box::new(move |x, _| softplus(f64::from(x))), 1),
+        ("sqrt", Box::new(|_, p| f64::from(p).sqrt()), 0),
+        (
+            "pow",
+            Box::new(|x, p| f64::from(p).powf(f64::from(x / 8.0))),
+            1,
+        ),
+    ];
+    let mut report = Vec::new();
+    for (i, (name, f, bound)) in cases.iter().enumerate() {
+        let out = &ev.outputs[i];
+        let mut worst = (0u64, 0f32, 0f32);
+        for ((&x, &p), &y) in xs.iter().zip(&ps).zip(out) {
+            let want = f(x, p) as f32;
+            let d = ulps(y as f32, want);
+            if d > worst.0 {
+                worst = (d, x, p);
+            }
+        }
+        eprintln!(
+            "{name:>8}: max {} ulp (x = {:e}, p = {:e})",
+            worst.0, worst.1, worst.2
+        );
+        if worst.0 > *bound {
+            report.push(format!("{name}: {} ulp > {bound}", worst.0));
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("; "));
 }

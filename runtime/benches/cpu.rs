@@ -6,7 +6,8 @@
 //!   its buffers (binding = f64 → f32 conversion, not timed);
 //! - the reference interpreter (f64), timed on the first 128 sequences (`RLO_BENCH_INTERP_SEQS`) and extrapolated;
 //! - for grpo, a hand-written straightforward Rust loop (f32) computing the same loss and
-//!   gradient (default parameters) in one pass, measured in the same run.
+//!   gradient (default parameters) in one pass, measured in the same run: for `grpo_lean` the
+//!   loss and gradient only, for stdlib `grpo` also its 6 metrics and the advantages output.
 //!
 //! Then the JIT compile time of grpo (emit + Cranelift + finalize, uncached).
 //! `RLO_BENCH_QUICK=1` runs only the small size (for CI smoke runs); `RLO_BENCH_ONLY=<objective>`
@@ -133,6 +134,10 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> Duration {
 /// Hand-written GRPO (stdlib grpo.rlo, default parameters: group-normalized advantages with
 /// unbiased std + 1e-6, log-ratio clamp ±20, PPO clip 0.2/0.2, dual clip c = 3, verl's clamped
 /// k3 with β = 0.04, seq-mean-token-mean): loss and d loss / d logp, f32, one pass over tokens.
+///
+/// With `full`, also what stdlib `grpo` returns besides the loss: its 6 metrics (clip_frac,
+/// clip_frac_lower, approx_kl, kl, ratio_mean, ratio_max, in `metrics`) and the advantages (in
+/// `adv`), so that the `grpo` row compares equal work.
 #[allow(clippy::too_many_arguments)]
 fn hand_grpo(
     lp: &[f32],
@@ -143,6 +148,7 @@ fn hand_grpo(
     group: &[u32],
     n_groups: usize,
     grad: &mut [f32],
+    full: Option<(&mut [f32; 6], &mut [f32])>,
 ) -> f32 {
     let b = reward.len();
     let mut gs = vec![0f32; n_groups];
@@ -165,9 +171,16 @@ fn hand_grpo(
         .collect();
     let nonempty = (0..b).filter(|&s| off[s + 1] > off[s]).count().max(1) as f32;
     let mut loss = 0f32;
+    let want_metrics = full.is_some();
+    let mut ms = [0f32; 5];
+    let mut rmax = f32::NEG_INFINITY;
+    let mut advs = vec![0f32; if want_metrics { b } else { 0 }];
     for s in 0..b {
         let g = group[s] as usize;
         let a = (reward[s] - mean[g]) / (std[g] + 1e-6);
+        if want_metrics {
+            advs[s] = a;
+        }
         let (t0, t1) = (off[s] as usize, off[s + 1] as usize);
         let inv = 1.0 / ((t1 - t0) as f32 + 1e-8);
         let w = inv / nonempty;
@@ -216,8 +229,24 @@ fn hand_grpo(
             };
             acc += l + 0.04 * k;
             grad[t] = w * (dl * dr + 0.04 * dk);
+            if want_metrics {
+                ms[0] += f32::from(u8::from(c > u));
+                ms[1] += f32::from(u8::from(a < 0.0 && ppo > -a * 3.0));
+                ms[2] += (old[t] - lp[t]).clamp(-20.0, 20.0);
+                ms[3] += k;
+                ms[4] += ratio;
+                rmax = rmax.max(ratio);
+            }
         }
         loss += acc * inv;
+    }
+    if let Some((metrics, adv)) = full {
+        let nt = (lp.len() as f32).max(1.0);
+        for (m, x) in metrics.iter_mut().zip(ms) {
+            *m = x / nt;
+        }
+        metrics[5] = if lp.is_empty() { 0.0 } else { rmax };
+        adv.copy_from_slice(&advs);
     }
     loss / nonempty
 }
@@ -266,7 +295,7 @@ fn main() {
             let cpu_eval = bound.read(&k);
             let sub = prefix(&batch, interp_seqs);
             let ns = sub.layout.n_tokens();
-            let ti = time(1, || {
+            let ti = time(2, || {
                 interp(&c, &sub, &params);
             });
             let interp_rate = mtok(ns, ti);
@@ -282,6 +311,9 @@ fn main() {
                 let grp = batch.layout.seq_group.clone();
                 let mut grad = vec![0f32; n];
                 let mut loss = 0.0;
+                let mut metrics = [0f32; 6];
+                let mut adv = vec![0f32; b];
+                let full = name == "grpo";
                 let th = time(reps, || {
                     loss = hand_grpo(
                         &lp,
@@ -292,8 +324,24 @@ fn main() {
                         &grp,
                         batch.layout.n_groups,
                         &mut grad,
+                        full.then_some((&mut metrics, &mut adv[..])),
                     );
                 });
+                if full {
+                    let mdiff = cpu_eval
+                        .metrics
+                        .iter()
+                        .zip(&metrics)
+                        .map(|(a, &b)| (a - f64::from(b)).abs() / a.abs().max(1e-3))
+                        .fold(0.0, f64::max);
+                    let adiff = cpu_eval.outputs.first().map_or(f64::NAN, |o| {
+                        o.iter()
+                            .zip(&adv)
+                            .map(|(a, &b)| (a - f64::from(b)).abs())
+                            .fold(0.0, f64::max)
+                    });
+                    eprintln!("{name} {b}x{t}: hand vs cpu: metrics max rel diff {mdiff:e}, adv max diff {adiff:e}");
+                }
                 let gdiff = cpu_eval
                     .grads
                     .first()

@@ -39,7 +39,8 @@ pub enum CpuError {
 pub struct CpuOptions {
     /// Compute in f64 instead of f32.
     pub f64: bool,
-    /// Worker threads for token passes (0 = all available cores).
+    /// Worker threads for token passes (0 = automatic: all available cores, at most one per
+    /// 16,384 tokens).
     pub threads: usize,
 }
 
@@ -145,9 +146,17 @@ impl CpuKernel {
                 .declare_function(&f.name, Linkage::Local, &f.func.signature)
                 .map_err(jit_err)?;
             ctx.func = f.func.clone();
+            // `RLO_CPU_DISASM=1`: print each function's machine code (for performance work).
+            let disasm = std::env::var_os("RLO_CPU_DISASM").is_some();
+            ctx.set_disasm(disasm);
             module
                 .define_function(id, &mut ctx)
                 .map_err(|e| CpuError::Jit(format!("{}: {e:?}", f.name)))?;
+            if disasm {
+                if let Some(cc) = ctx.compiled_code() {
+                    eprintln!("== {}\n{}", f.name, cc.vcode.clone().unwrap_or_default());
+                }
+            }
             module.clear_context(&mut ctx);
             ids.push((f.kind, id));
         }
@@ -218,8 +227,14 @@ impl CpuKernel {
             params: params.as_ptr().cast(),
         };
         let n_seqs = b.counts[Level::Seq as usize];
+        // Automatic: every core, but each thread gets at least `MIN_TOKENS_PER_THREAD` tokens
+        // (starting one costs tens of µs). Results do not depend on the split (see `chunks`).
         let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            let n_tokens = b.counts[Level::Tok as usize] as usize;
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(n_tokens / MIN_TOKENS_PER_THREAD)
+                .max(1)
         } else {
             threads
         };
@@ -230,9 +245,14 @@ impl CpuKernel {
                 FnKind::Token => {
                     let chunks = chunks(&b.lay[0], threads);
                     std::thread::scope(|sc| {
-                        for &(s0, s1) in &chunks {
+                        let (last, rest) = chunks.split_last().unzip();
+                        for &(s0, s1) in rest.unwrap_or_default() {
                             let a = &args;
                             sc.spawn(move || a.call(f, s0, s1));
+                        }
+                        // The calling thread takes the last range.
+                        if let Some(&(s0, s1)) = last {
+                            args.call(f, s0, s1);
                         }
                     });
                 }
@@ -241,6 +261,9 @@ impl CpuKernel {
         Ok(())
     }
 }
+
+/// Fewest tokens worth a thread of their own (about 0.1–0.3 ms of work).
+const MIN_TOKENS_PER_THREAD: usize = 16_384;
 
 /// Contiguous ranges of sequences with about the same number of tokens each.
 fn chunks(seq_offsets: &[u32], threads: usize) -> Vec<(u64, u64)> {

@@ -145,6 +145,7 @@ impl<'a> Emitter<'a> {
             stored: BTreeSet::new(),
             funcs: HashMap::new(),
             local: HashMap::new(),
+            vlocal: HashMap::new(),
         };
         match &f.body {
             Body::Small(items) => {
@@ -225,6 +226,8 @@ pub(crate) struct Fx<'e, 'a, 'f> {
     funcs: HashMap<usize, FuncRef>,
     /// Values of the nodes of the current sweep at the current element.
     pub local: HashMap<H, Value>,
+    /// Values of the nodes of the current SIMD sweep at the current 4 tokens.
+    pub vlocal: HashMap<H, Value>,
 }
 
 fn bug(msg: &str) -> BackendError {
@@ -298,12 +301,17 @@ impl Fx<'_, '_, '_> {
     /// sequence/group index they depend on; batch buffers have one element.)
     pub(crate) fn load_elem(&mut self, buf: usize, i: Value) -> Value {
         let a = self.elem_addr(buf, i);
-        let fl = if self.movable && !self.written.contains(&buf) {
+        let fl = if self.movable_for(buf) {
             MemFlagsData::trusted().with_readonly().with_can_move()
         } else {
             MemFlagsData::trusted()
         };
         self.b.ins().load(self.e.t, fl, a, 0)
+    }
+
+    /// Whether loads from `buf` may move: a token pass that never writes it.
+    pub(crate) fn movable_for(&self, buf: usize) -> bool {
+        self.movable && !self.written.contains(&buf)
     }
 
     pub(crate) fn store_elem(&mut self, buf: usize, i: Value, v: Value) {
@@ -505,6 +513,7 @@ impl Fx<'_, '_, '_> {
                     UnaryOp::Neg => self.b.ins().fneg(x),
                     UnaryOp::Not => self.b.ins().bxor_imm_u(x, 1),
                     UnaryOp::ToF32 => self.bool_to_t(x),
+                    UnaryOp::Exp if !self.e.f64 => self.exp_f32(x),
                     UnaryOp::Exp => self.math("exp", &[x])?,
                     UnaryOp::Log => self.math("log", &[x])?,
                     UnaryOp::Log1p => self.math("log1p", &[x])?,

@@ -66,7 +66,7 @@ impl Fx<'_, '_, '_> {
 }
 
 /// Where a reduction accumulates while a sweep walks one sequence.
-enum Acc {
+pub(crate) enum Acc {
     /// Registers (to seq, or a per-sequence partial).
     Var {
         acc: Variable,
@@ -78,14 +78,26 @@ enum Acc {
 
 impl Fx<'_, '_, '_> {
     fn sweep(&mut self, level: Level, nodes: &[H], s: Value, g: Value) -> R<()> {
-        let m = self.e.m;
         let (a, e) = self.seq_range(level, s)?;
         let (ta, te) = if level == Level::Tok {
             self.seq_range(Level::Turn, s)?
         } else {
             (a, e)
         };
-        // Prologue: accumulators.
+        let accs = self.sweep_accs(nodes, ta, te)?;
+        // Tokens 4 at a time where every node has a SIMD form; the rest one at a time.
+        let start = if level == Level::Tok && self.simd_ok(nodes) {
+            self.sweep_simd(nodes, &accs, a, e, s, g)?
+        } else {
+            a
+        };
+        self.sweep_scalar(level, nodes, &accs, start, e, s, g)?;
+        self.sweep_finish(nodes, &accs, s, ta, te)
+    }
+
+    /// Prologue: one accumulator per reduction of the sweep, initialized.
+    fn sweep_accs(&mut self, nodes: &[H], ta: Value, te: Value) -> R<HashMap<H, Acc>> {
+        let m = self.e.m;
         let mut accs: HashMap<H, Acc> = HashMap::new();
         for &h in nodes {
             let Expr::Reduce { op, to, .. } = *ex(m, h) else {
@@ -118,6 +130,22 @@ impl Fx<'_, '_, '_> {
                 accs.insert(h, Acc::Var { acc, cnt });
             }
         }
+        Ok(accs)
+    }
+
+    /// The elements `a..e` of the sweep one at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn sweep_scalar(
+        &mut self,
+        level: Level,
+        nodes: &[H],
+        accs: &HashMap<H, Acc>,
+        a: Value,
+        e: Value,
+        s: Value,
+        g: Value,
+    ) -> R<()> {
+        let m = self.e.m;
         self.for_range(a, e, false, &mut |fx, i, _| {
             let mut c = Ctx::at(level, i);
             c.s = Some(s);
@@ -184,8 +212,19 @@ impl Fx<'_, '_, '_> {
             }
             fx.local.clear();
             Ok(())
-        })?;
-        // Epilogue: finish and store the reductions.
+        })
+    }
+
+    /// Epilogue: finish and store the reductions.
+    fn sweep_finish(
+        &mut self,
+        nodes: &[H],
+        accs: &HashMap<H, Acc>,
+        s: Value,
+        ta: Value,
+        te: Value,
+    ) -> R<()> {
+        let m = self.e.m;
         for &h in nodes {
             let Expr::Reduce { to, .. } = *ex(m, h) else {
                 continue;

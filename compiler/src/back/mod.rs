@@ -5,6 +5,7 @@ mod clif_emit;
 mod clif_plan;
 mod clif_reduce;
 mod clif_scan;
+mod clif_simd;
 mod clif_sweep;
 pub mod cuda;
 pub mod interp;
