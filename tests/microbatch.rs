@@ -363,3 +363,247 @@ fn micro_batching_on_the_cpu_backend() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Data-parallel shards (`rlo_runtime::dataparallel`): ranks hold whole groups; the sum of the
+// ranks' losses is the whole-batch loss and each rank's gradients are the whole-batch gradients
+// of its elements, to 1e-12 (interpreter, f64).
+
+/// The sequences of each of `k` ranks: groups dealt out at random (a rank may get none).
+fn shard_seqs(rng: &mut Rng, layout: &Layout, k: usize) -> Vec<Vec<usize>> {
+    let rank_of: Vec<usize> = (0..layout.n_groups).map(|_| rng.below(k)).collect();
+    (0..k)
+        .map(|r| {
+            (0..layout.n_seqs())
+                .filter(|&s| rank_of[layout.seq_group[s] as usize] == r)
+                .collect()
+        })
+        .collect()
+}
+
+/// Index ranges in the whole batch of element `i` of a shard, per level.
+fn element_ranges(whole: &Layout, sub: &rlo_compiler::split::SubBatch, level: Level) -> Vec<usize> {
+    let mut out = Vec::new();
+    match level {
+        Level::Tok | Level::Turn => {
+            let offs = if level == Level::Tok {
+                &whole.seq_offsets
+            } else {
+                &whole.turn_offsets
+            };
+            for &s in &sub.seqs {
+                out.extend(offs[s]..offs[s + 1]);
+            }
+        }
+        Level::Seq => out.extend(sub.seqs.iter().copied()),
+        Level::Group => out.extend(sub.groups.iter().copied()),
+        Level::Batch => out.push(0),
+    }
+    out
+}
+
+/// Whole batch vs k ∈ {1, 2, 3, 5} ranks. `Ok(false)` when refused.
+fn check_data_parallel(name: &str, obj: &Objective) -> Result<bool, String> {
+    use rlo_runtime::dataparallel::{RankMerge, ShardPlan};
+    let plan = match ShardPlan::new(obj) {
+        Ok(p) => p,
+        Err(RuntimeError::NotShardable { .. }) => return Ok(false),
+        Err(e) => return Err(format!("{name}: {e}")),
+    };
+    let m = &obj.compiled.module;
+    let params = obj.param_values(&[]).expect("defaults");
+    for seed in [3u64, 4] {
+        let b = batch(m, seed * 104_729);
+        let whole = obj.evaluate(&b, &params, Backend::Interp).expect("whole");
+        let mut rng = Rng(seed + 500);
+        for k in [1, 2, 3, 5] {
+            let subs: Vec<_> = shard_seqs(&mut rng, &b.layout, k)
+                .iter()
+                .map(|seqs| rlo_compiler::split::sub_batch(m, &b, seqs))
+                .collect();
+            let shards: Vec<Batch> = subs.iter().map(|s| s.batch.clone()).collect();
+            let evs = plan
+                .evaluate_shards(&shards, &params, Backend::Interp)
+                .map_err(|e| format!("{name} k={k}: {e}"))?;
+            let near = |a: f64, b: f64| {
+                a == b
+                    || (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
+                    || (a.is_nan() && b.is_nan())
+            };
+            let loss: f64 = evs.iter().map(|e| e.loss).sum();
+            if !near(loss, whole.loss) {
+                return Err(format!("{name} k={k}: loss {loss} vs whole {}", whole.loss));
+            }
+            let per_rank: Vec<Vec<f64>> = evs.iter().map(|e| e.metrics.clone()).collect();
+            let metrics = plan.combine_metrics(&per_rank);
+            for (i, how) in plan.metric_merge().iter().enumerate() {
+                let ok = match how {
+                    RankMerge::Unavailable => metrics[i].is_nan(),
+                    _ => near(metrics[i], whole.metrics[i]),
+                };
+                if !ok {
+                    return Err(format!(
+                        "{name} k={k}: metric {} ({how:?}) {} vs whole {}",
+                        m.metrics[i].name, metrics[i], whole.metrics[i]
+                    ));
+                }
+            }
+            let per_element =
+                |what: &str, level: Level, want: &[f64], got: &dyn Fn(&Evaluation) -> &[f64]| {
+                    for (sub, ev) in subs.iter().zip(&evs) {
+                        let idx = element_ranges(&b.layout, sub, level);
+                        let v = got(ev);
+                        if v.len() != idx.len() {
+                            return Err(format!(
+                                "{name} k={k}: {what} has {} values, shard {}",
+                                v.len(),
+                                idx.len()
+                            ));
+                        }
+                        if let Some((j, x)) = idx.iter().zip(v).find(|(&j, &x)| !near(x, want[j])) {
+                            return Err(format!(
+                                "{name} k={k}: {what}[{j}] {x} vs whole {}",
+                                want[*j]
+                            ));
+                        }
+                    }
+                    Ok(())
+                };
+            for (i, g) in m.grads.iter().enumerate() {
+                let level = m.inputs[g.input as usize].ty.level;
+                if level <= Level::Group {
+                    per_element(&format!("grad {i}"), level, &whole.grads[i], &|e| {
+                        &e.grads[i]
+                    })?;
+                }
+            }
+            for (i, (o, how)) in m.outputs.iter().zip(plan.output_merge()).enumerate() {
+                let level = m.level(o.value);
+                if *how == RankMerge::Place {
+                    per_element(
+                        &format!("output {}", o.name),
+                        level,
+                        &whole.outputs[i],
+                        &|e| &e.outputs[i],
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[test]
+fn data_parallel_ranks_give_the_whole_batch_result() {
+    let mut exact = Vec::new();
+    let mut refused = Vec::new();
+    let mut failures = Vec::new();
+    for (_, name, obj) in &stdlib_objectives() {
+        match check_data_parallel(name, obj) {
+            Ok(true) => exact.push(name.clone()),
+            Ok(false) => refused.push(name.clone()),
+            Err(e) => failures.push(e),
+        }
+    }
+    for name in ["grpo", "dapo", "dr_grpo", "gspo"] {
+        let obj = compile_inline(name);
+        match check_data_parallel(name, &obj) {
+            Ok(true) => {}
+            Ok(false) => failures.push(format!("inline {name} refused")),
+            Err(e) => failures.push(e),
+        }
+    }
+    eprintln!("data-parallel exact: {exact:?}\nrefused: {refused:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for must in ["grpo", "dapo", "gspo", "dr_grpo", "reinforce_pp"] {
+        assert!(
+            exact.iter().any(|n| n == must),
+            "{must} must be data-parallel exact"
+        );
+    }
+}
+
+/// Each rank normalizing by its own counts (what a per-rank loss does) is wrong: the test
+/// above could fail.
+#[test]
+fn per_rank_normalization_is_not_exact() {
+    let obj = compile_inline("grpo");
+    let m = &obj.compiled.module;
+    let params = obj.param_values(&[]).expect("defaults");
+    let b = batch(m, 21);
+    let whole = obj.evaluate(&b, &params, Backend::Interp).expect("whole");
+    let mut rng = Rng(9);
+    let naive: f64 = shard_seqs(&mut rng, &b.layout, 2)
+        .iter()
+        .map(|seqs| {
+            let sub = rlo_compiler::split::sub_batch(m, &b, seqs);
+            obj.evaluate(&sub.batch, &params, Backend::Interp)
+                .expect("rank")
+                .loss
+        })
+        .sum();
+    assert!(
+        (naive - whole.loss).abs() > 1e-6,
+        "{naive} vs {}",
+        whole.loss
+    );
+}
+
+/// Batch whitening needs the batch mean before the batch std: two all-reduce rounds.
+#[test]
+fn nested_batch_statistics_take_two_rounds() {
+    let src = "objective w() {\n    input logp: tok diff\n    input reward: seq\n    let a = (reward - batch_mean(reward)) / (batch_std(reward) + 1e-6)\n    loss batch_mean(-a * logp)\n    metric longest = batch_max(seq_len)\n}\n";
+    let obj = Objective::compile("w.rlo", src, &Default::default()).expect("compiles");
+    let plan = rlo_runtime::dataparallel::ShardPlan::new(&obj).expect("shardable");
+    assert_eq!(plan.rounds(), 2);
+    assert!(check_data_parallel("w", &obj).expect("exact"));
+}
+
+#[test]
+fn a_batch_quantile_is_refused_for_data_parallel_with_its_location() {
+    let src = "objective q() {\n    input logp: tok diff\n    input reward: seq\n    let top = reward > batch_quantile(reward, 0.5)\n    loss batch_mean(-logp * top)\n}\n";
+    let obj = Objective::compile("q.rlo", src, &Default::default()).expect("compiles");
+    Plan::new(&obj).expect("micro-batches are fine: the quantile is computed on the whole step");
+    let err = rlo_runtime::dataparallel::ShardPlan::new(&obj)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("q.rlo:4:"), "{err}");
+    assert!(err.contains("data-parallel"), "{err}");
+}
+
+/// The shard modules run on the Cranelift backend too (f32: 1e-5 relative); the refusal of a
+/// batch covariance of the policy names the file.
+#[test]
+fn data_parallel_on_the_cpu_backend_and_refusals() {
+    let obj = compile_inline("grpo");
+    let m = &obj.compiled.module;
+    let params = obj.param_values(&[]).expect("defaults");
+    let b = batch(m, 77);
+    let whole = obj.evaluate(&b, &params, Backend::Interp).expect("whole");
+    let plan = rlo_runtime::dataparallel::ShardPlan::new(&obj).expect("shardable");
+    let shards: Vec<Batch> = shard_seqs(&mut Rng(5), &b.layout, 3)
+        .iter()
+        .map(|seqs| rlo_compiler::split::sub_batch(m, &b, seqs).batch)
+        .collect();
+    let evs = plan
+        .evaluate_shards(&shards, &params, Backend::Cpu)
+        .expect("cpu shards");
+    let loss: f64 = evs.iter().map(|e| e.loss).sum();
+    assert!(
+        (loss - whole.loss).abs() <= 1e-5 * whole.loss.abs().max(1e-3),
+        "{loss} vs {}",
+        whole.loss
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib/clip_cov.rlo");
+    let text = std::fs::read_to_string(dir).expect("clip_cov.rlo");
+    let obj =
+        Objective::compile("stdlib/clip_cov.rlo", &text, &Default::default()).expect("compiles");
+    let err = rlo_runtime::dataparallel::ShardPlan::new(&obj)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("stdlib/clip_cov.rlo:"), "{err}");
+    assert!(err.contains("data-parallel"), "{err}");
+    eprintln!("{err}");
+}

@@ -66,6 +66,10 @@ pub struct Splittability {
     pub metrics: Vec<Combine>,
     /// Aligned with `Module::outputs`.
     pub outputs: Vec<Combine>,
+    /// Aligned with `Module::metrics`: `Some(op)` where an [`Combine::Unavailable`] metric is
+    /// a max/min over the parts of part-local values, so a max/min of the parts' values (each
+    /// with its element count) gives it.
+    pub metric_extrema: Vec<Option<crate::ir::ReduceOp>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,11 +80,14 @@ enum State {
     Bad(Span, String),
 }
 
-fn is_cross_seq(e: &Expr) -> bool {
+/// Whether `e` combines elements of different units of `scope` (sequences for micro-batches,
+/// groups for data-parallel shards).
+fn crosses(e: &Expr, scope: Level) -> bool {
     match *e {
-        Expr::Reduce { to, .. } | Expr::Quantile { to, .. } => to >= Level::Group,
-        Expr::Rank { within, .. } => within >= Level::Group,
-        Expr::PosReduce { .. } => true,
+        Expr::Reduce { to, .. } | Expr::Quantile { to, .. } => to > scope,
+        Expr::Rank { within, .. } => within > scope,
+        // Per-position reductions run across the sequences of a group.
+        Expr::PosReduce { .. } => scope < Level::Group,
         Expr::Const(_)
         | Expr::Bool(_)
         | Expr::Param(_)
@@ -104,12 +111,25 @@ fn is_zero(m: &Module, h: Handle<Expr>) -> bool {
     }
 }
 
-/// Classifies `m` (see the module docs).
+/// Classifies `m` for micro-batches: any partition of the sequences (see the module docs).
 pub fn analyze(m: &Module) -> Splittability {
+    analyze_scope(m, Level::Seq)
+}
+
+/// Classifies `m` for data-parallel shards: ranks hold disjoint sets of *whole groups*, so
+/// values that depend on `diff` inputs may also be combined within a group (DPO-style pairs,
+/// group-normalized sequence scores); only batch-level combinations must be additive.
+pub fn analyze_shards(m: &Module) -> Splittability {
+    analyze_scope(m, Level::Group)
+}
+
+/// The analysis with `scope` (seq or group) as the unit that stays whole on one part.
+#[allow(clippy::wildcard_enum_match_arm)]
+fn analyze_scope(m: &Module, scope: Level) -> Splittability {
     let need = needed(m);
     let mut st: Vec<State> = Vec::with_capacity(m.exprs.len());
     for (h, e) in m.exprs.iter() {
-        let s = state(m, h, e, &st);
+        let s = state(m, h, e, &st, scope);
         st.push(s);
     }
     let get = |h: Handle<Expr>| st.get(h.index()).cloned().unwrap_or(State::Known);
@@ -119,7 +139,7 @@ pub fn analyze(m: &Module) -> Splittability {
         .filter(|(h, e)| {
             need.get(h.index()).copied().unwrap_or(false)
                 && get(*h) == State::Known
-                && is_cross_seq(e)
+                && crosses(e, scope)
         })
         .map(|(h, _)| h)
         .collect();
@@ -128,20 +148,35 @@ pub fn analyze(m: &Module) -> Splittability {
         State::Bad(span, msg) => Some((span, msg)),
         State::Known | State::Local => Some((
             m.span(m.loss),
-            "the loss does not depend on a diff input, so micro-batch losses would not add up"
+            "the loss does not depend on a diff input, so micro-batch (or rank) losses would not add up"
                 .to_string(),
         )),
     };
     let combine = |h: Handle<Expr>| match get(h) {
-        State::Known if m.level(h) >= Level::Group => Combine::Whole,
+        State::Known if m.level(h) > scope => Combine::Whole,
         State::Known | State::Local => Combine::PerElement,
         State::Additive => Combine::Sum,
         State::Bad(..) => Combine::Unavailable,
+    };
+    let extremum = |h: Handle<Expr>| match m.exprs.get(h) {
+        Some(&Expr::Reduce {
+            op: op @ (crate::ir::ReduceOp::Max | crate::ir::ReduceOp::Min),
+            arg,
+            filter,
+            to,
+        }) if to > scope
+            && matches!(get(arg), State::Known | State::Local)
+            && filter.is_none_or(|f| matches!(get(f), State::Known | State::Local)) =>
+        {
+            Some(op)
+        }
+        _ => None,
     };
     Splittability {
         splittable: reason.is_none(),
         prepass,
         reason,
+        metric_extrema: m.metrics.iter().map(|n| extremum(n.value)).collect(),
         metrics: m.metrics.iter().map(|n| combine(n.value)).collect(),
         outputs: m.outputs.iter().map(|n| combine(n.value)).collect(),
     }
@@ -149,7 +184,7 @@ pub fn analyze(m: &Module) -> Splittability {
 
 // Defaults are the conservative answer (local below seq level, which the level rules make exact).
 #[allow(clippy::wildcard_enum_match_arm)]
-fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
+fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State], scope: Level) -> State {
     let get = |o: Handle<Expr>| st.get(o.index()).cloned().unwrap_or(State::Known);
     let ops = e.operands();
     if let Some(bad) = ops
@@ -164,7 +199,7 @@ fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
     let level = m.level(h);
     if let Expr::Input(i) = *e {
         return match m.inputs.get(i as usize) {
-            Some(inp) if inp.diff && level <= Level::Seq => State::Local,
+            Some(inp) if inp.diff && level <= scope => State::Local,
             Some(inp) if inp.diff => bad("a diff input above seq level cannot be split"),
             _ => State::Known,
         };
@@ -172,14 +207,14 @@ fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
     if !ops.iter().any(|&o| vd(o)) {
         return State::Known;
     }
-    if level <= Level::Seq {
+    if level <= scope {
         // Value-dependent at or below seq: local unless it crosses sequences.
         return match *e {
             Expr::Broadcast { arg, .. } if get(arg) == State::Additive => bad(
                 "a cross-sequence sum of diff-dependent values is broadcast back to the \
-                 sequences: micro-batches would see only their part of it",
+                 sequences: micro-batches (or ranks) would see only their part of it",
             ),
-            Expr::Rank { .. } | Expr::PosReduce { .. } if is_cross_seq(e) => {
+            Expr::Rank { .. } | Expr::PosReduce { .. } if crosses(e, scope) => {
                 bad("a rank or per-position reduction across sequences of diff-dependent values")
             }
             _ => State::Local,
@@ -193,14 +228,14 @@ fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
             arg,
             filter,
             ..
-        } if filter.is_none_or(|f| known(f) || m.level(f) <= Level::Seq)
+        } if filter.is_none_or(|f| known(f) || m.level(f) <= scope)
             && matches!(get(arg), State::Local | State::Additive) =>
         {
             State::Additive
         }
         Expr::Reduce { .. } => bad(
             "a max/min over sequences of diff-dependent values: not a sum, so micro-batches \
-             cannot be combined",
+             (or ranks) cannot be combined",
         ),
         Expr::Quantile { .. } => bad("a quantile over sequences of diff-dependent values"),
         Expr::Unary {
@@ -208,7 +243,7 @@ fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
         } => State::Additive,
         Expr::Unary { .. } => bad(
             "a nonlinear function of a cross-sequence sum of diff-dependent values (e.g. a \
-             std or a ratio of sums): micro-batch results would not add up",
+             std or a ratio of sums): micro-batch (or rank) results would not add up",
         ),
         Expr::Binary { op, lhs, rhs } => match op {
             BinaryOp::Add | BinaryOp::Sub if additive_or_zero(lhs) && additive_or_zero(rhs) => {
@@ -218,7 +253,7 @@ fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
             BinaryOp::Div if known(rhs) => State::Additive,
             BinaryOp::Add | BinaryOp::Sub => bad(
                 "adds a known value to a cross-sequence sum of diff-dependent values: the \
-                 micro-batch losses would count it once each",
+                 micro-batch (or rank) losses would count it once each",
             ),
             BinaryOp::Mul
             | BinaryOp::Div
@@ -234,7 +269,7 @@ fn state(m: &Module, h: Handle<Expr>, e: &Expr, st: &[State]) -> State {
             | BinaryOp::And
             | BinaryOp::Or => bad(
                 "a nonlinear combination of cross-sequence sums of diff-dependent values: \
-                 micro-batch results would not add up",
+                 micro-batch (or rank) results would not add up",
             ),
         },
         Expr::Select {

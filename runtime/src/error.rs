@@ -82,6 +82,12 @@ pub enum RuntimeError {
         objective: String,
         explanation: String,
     },
+    /// The objective cannot be evaluated data-parallel exactly (`dataparallel::ShardPlan`).
+    #[error("{explanation}")]
+    NotShardable {
+        objective: String,
+        explanation: String,
+    },
     #[error("micro-batch split: {0}")]
     Split(String),
 

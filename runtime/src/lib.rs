@@ -8,6 +8,7 @@ pub mod bind;
 pub mod cpu;
 mod cpu_helpers;
 pub mod cuda;
+pub mod dataparallel;
 pub mod error;
 pub mod microbatch;
 pub mod split_plan;
