@@ -108,59 +108,6 @@ fn is(v: Option<f64>, want: f64) -> bool {
     v.is_some_and(|v| v.to_bits() == want.to_bits())
 }
 
-/// `e` with every operand `o` replaced by `f(o)`.
-fn map_operands(e: &Expr, f: impl Fn(Handle<Expr>) -> Handle<Expr>) -> Expr {
-    match *e {
-        Expr::Const(_) | Expr::Bool(_) | Expr::Param(_) | Expr::Input(_) | Expr::Index(_) => {
-            e.clone()
-        }
-        Expr::Unary { op, arg } => Expr::Unary { op, arg: f(arg) },
-        Expr::Binary { op, lhs, rhs } => Expr::Binary {
-            op,
-            lhs: f(lhs),
-            rhs: f(rhs),
-        },
-        Expr::Select {
-            cond,
-            on_true,
-            on_false,
-        } => Expr::Select {
-            cond: f(cond),
-            on_true: f(on_true),
-            on_false: f(on_false),
-        },
-        Expr::Broadcast { arg, to } => Expr::Broadcast { arg: f(arg), to },
-        Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter,
-        } => Expr::Reduce {
-            op,
-            arg: f(arg),
-            to,
-            filter: filter.map(&f),
-        },
-        Expr::Scan { op, arg, discount } => Expr::Scan {
-            op,
-            arg: f(arg),
-            discount: discount.map(&f),
-        },
-        Expr::Rank { arg, within } => Expr::Rank {
-            arg: f(arg),
-            within,
-        },
-        Expr::Quantile { arg, q, to, filter } => Expr::Quantile {
-            arg: f(arg),
-            q: f(q),
-            to,
-            filter: filter.map(&f),
-        },
-        Expr::PosReduce { op, arg } => Expr::PosReduce { op, arg: f(arg) },
-        Expr::Detach { arg } => Expr::Detach { arg: f(arg) },
-    }
-}
-
 /// Simplifies with the options `compile` uses ([`SimplifyOptions::default`]).
 pub fn simplify(m: Module) -> Module {
     simplify_with(m, SimplifyOptions::default())
@@ -245,7 +192,7 @@ fn rebuild(
                 };
                 s.fold(outer, to)
             }
-            None => s.fold(map_operands(e, f), m.ty(h).level),
+            None => s.fold(e.map_operands(f), m.ty(h).level),
         };
         if let Some(x) = map.get_mut(h.index()) {
             *x = Some(new);
@@ -436,9 +383,7 @@ impl Simplifier {
         }
         let moved: Vec<(Handle<Expr>, Handle<Expr>)> =
             src.iter().map(|&(o, a)| (o, self.b.bcast(a, to))).collect();
-        let inner = map_operands(e, |o| {
-            moved.iter().find(|&&(k, _)| k == o).map_or(o, |&(_, v)| v)
-        });
+        let inner = e.map_operands(|o| moved.iter().find(|&&(k, _)| k == o).map_or(o, |&(_, v)| v));
         // The folded node may itself be a broadcast (a select with a literal condition picks a
         // branch coarser than `to`): broadcast its argument, never a broadcast of a broadcast.
         let h = self.fold(inner, to);
