@@ -13,7 +13,8 @@
 #
 # Everything generated lives under $CARGO_TARGET_DIR/cuda-tools (default target/, ignored by git).
 #
-#   examples/build_cuda.sh                 build → examples/bin/train (stripped) and print how to run it
+#   examples/build_cuda.sh                 build → examples/bin/{train,cuda_train_tests} (stripped;
+#                                          run them on the GPU machine with examples/gpu_train.sh)
 #   examples/build_cuda.sh env             print the environment (`eval "$(examples/build_cuda.sh env)"`)
 #   examples/build_cuda.sh cargo ARGS...   run `cargo ARGS --config patch…` in that environment
 #                                          (e.g. `cargo clippy -p rlo-examples --all-targets --features cuda`)
@@ -92,7 +93,18 @@ build)
     mkdir -p examples/bin
     cp "$TARGET/release/train" examples/bin/train
     strip examples/bin/train || true
-    echo "built examples/bin/train in $(($(date +%s) - start)) s ($(du -h examples/bin/train | cut -f1))"
+    # the GPU tests as a binary too (the GPU machine has no cargo)
+    tests=$(cargo test --config "$PATCH" --release -p rlo-examples --features cuda --test cuda_train \
+        --no-run --message-format=json 2>/dev/null |
+        "$PY" -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_train":
+        print(m["executable"])' | tail -1)
+    [[ -n "$tests" ]] || { echo "the cuda_train test binary was not built" >&2; exit 1; }
+    cp "$tests" examples/bin/cuda_train_tests
+    strip examples/bin/cuda_train_tests || true
+    echo "built examples/bin/train and examples/bin/cuda_train_tests in $(($(date +%s) - start)) s ($(du -h examples/bin/train | cut -f1), $(du -h examples/bin/cuda_train_tests | cut -f1))"
     echo "on the GPU machine (repository with examples/bin/ and stdlib/): examples/gpu_train.sh"
     ;;
 *)

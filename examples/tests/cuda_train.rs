@@ -111,12 +111,14 @@ fn nvrtc_compiles_the_programs_the_cuda_loss_emits() {
         eprintln!("SKIP nvrtc_compiles_the_programs_the_cuda_loss_emits: {e}");
         return;
     }
-    let mut sources = vec![("grpo_entropy.rlo".to_string(), GRPO.to_string())];
-    for name in ["grpo", "dapo", "gspo"] {
-        let path = format!("{}/../stdlib/{name}.rlo", env!("CARGO_MANIFEST_DIR"));
-        sources.push((path.clone(), std::fs::read_to_string(&path).unwrap()));
-    }
-    for (name, text) in &sources {
+    // embedded: the test binary also runs on a GPU machine without the sources
+    let sources = [
+        ("grpo_entropy.rlo", GRPO),
+        ("stdlib/grpo.rlo", include_str!("../../stdlib/grpo.rlo")),
+        ("stdlib/dapo.rlo", include_str!("../../stdlib/dapo.rlo")),
+        ("stdlib/gspo.rlo", include_str!("../../stdlib/gspo.rlo")),
+    ];
+    for (name, text) in sources {
         let obj = Objective::compile(name, text, &rlo_compiler::Options::default()).unwrap();
         let c = &obj.compiled;
         for layout in [TokLayout::Padded, TokLayout::Packed] {
