@@ -70,6 +70,19 @@ setup() {
     PATCH="patch.crates-io.candle-core.path=\"$CANDLE\""
 }
 
+# cargo with the patch; the patch rewrites candle-core's entry in Cargo.lock (a path source), so
+# the committed lock file is put back afterwards (the default build must not see the copy).
+patched_cargo() {
+    local sub=$1
+    shift
+    if [[ -z "${LOCK_SAVED:-}" ]]; then
+        cp Cargo.lock "$TOOLS/Cargo.lock.orig"
+        trap 'cp "$TOOLS/Cargo.lock.orig" Cargo.lock' EXIT
+        LOCK_SAVED=1
+    fi
+    cargo "$sub" --config "$PATCH" "$@"
+}
+
 case "${1:-build}" in
 env)
     setup
@@ -78,23 +91,22 @@ env)
     done
     printf 'export RLO_CUDA_PATCH=%q\n' "$PATCH"
     echo "# then: cargo <cmd> --config \"\$RLO_CUDA_PATCH\" ... --features cuda"
+    echo "# (this rewrites candle-core's entry in Cargo.lock: git checkout Cargo.lock afterwards)"
     ;;
 cargo)
     shift
     setup
-    sub=$1
-    shift
-    exec cargo "$sub" --config "$PATCH" "$@"
+    patched_cargo "$@"
     ;;
 build)
     setup
     start=$(date +%s)
-    cargo build --config "$PATCH" --release -p rlo-examples --bin train --features cuda
+    patched_cargo build --release -p rlo-examples --bin train --features cuda
     mkdir -p examples/bin
     cp "$TARGET/release/train" examples/bin/train
     strip examples/bin/train || true
     # the GPU tests as a binary too (the GPU machine has no cargo)
-    tests=$(cargo test --config "$PATCH" --release -p rlo-examples --features cuda --test cuda_train \
+    tests=$(patched_cargo test --release -p rlo-examples --features cuda --test cuda_train \
         --no-run --message-format=json 2>/dev/null |
         "$PY" -c 'import json,sys
 for l in sys.stdin:
