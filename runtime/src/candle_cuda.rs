@@ -23,9 +23,10 @@
 //! # Reuse between calls
 //! Programs are compiled once per (token layout, storage type) through NVRTC's caches; the
 //! [`DeviceLayout`] arrays are overwritten in place while the numbers of sequences and groups
-//! repeat; the [`Workspace`] is kept while its buffer sizes repeat (padded tokens: same `B`, `T`
-//! and number of groups, whatever the lengths); buffers of host inputs and the two timing events
-//! are reused. What a call still allocates: the gradient tensors handed to candle (candle owns
+//! repeat; a [`Workspace`] is kept while its buffer sizes repeat (padded tokens: same `B`, `T`
+//! and number of groups, whatever the lengths); up to four of each are cached, so minibatches
+//! of alternating shapes reuse theirs; buffers of host inputs and the two timing events are
+//! reused. What a call still allocates: the gradient tensors handed to candle (candle owns
 //! them, like the result of any candle op) and the few candle ops of the surrogate.
 #![allow(unsafe_code)]
 
@@ -84,6 +85,18 @@ pub struct LossTiming {
 
 type ProgramKey = (TokLayout, StorageType);
 
+/// Layouts and workspaces kept for reuse.
+const KEEP: usize = 4;
+
+/// Appends `x`, dropping the oldest entry beyond [`KEEP`]; returns the index of `x`.
+fn push_capped<T>(v: &mut Vec<T>, x: T) -> usize {
+    if v.len() >= KEEP {
+        v.remove(0);
+    }
+    v.push(x);
+    v.len() - 1
+}
+
 /// One objective's CUDA kernels on one candle CUDA device, with the buffers reused between calls.
 pub struct CudaLoss {
     /// Which objective this was made for: name, then `(input, level, dtype)`.
@@ -91,8 +104,10 @@ pub struct CudaLoss {
     candle: candle_core::CudaDevice,
     dev: CudaDevice,
     programs: Vec<(ProgramKey, CudaObjective)>,
-    layout: Option<DeviceLayout>,
-    workspace: Option<(ProgramKey, Workspace)>,
+    /// Recently used layouts (at most [`KEEP`]), reused by number of sequences and groups.
+    layouts: Vec<DeviceLayout>,
+    /// Recently used workspaces (at most [`KEEP`]), reused by program and buffer sizes.
+    workspaces: Vec<(ProgramKey, Workspace)>,
     /// Device copies of `Input::Host` values, one slot per module input.
     host_bufs: Vec<Option<CudaSlice<f32>>>,
     /// Packed path: the `[B, T]` positions of the valid tokens and the same as a u32 tensor.
@@ -165,8 +180,8 @@ impl CudaLoss {
                 .collect(),
             dev,
             programs: Vec::new(),
-            layout: None,
-            workspace: None,
+            layouts: Vec::new(),
+            workspaces: Vec::new(),
             gather: None,
             events,
             outputs: false,
@@ -393,41 +408,60 @@ impl CudaLoss {
             }
         }
 
-        // The layout arrays (copied into the same buffers while B and the group count repeat).
+        // The layout arrays, copied into the buffers of a cached layout with the same numbers of
+        // sequences and groups; the workspace, a cached one with the same buffer sizes. A few of
+        // each are kept, so minibatches of alternating shapes allocate nothing either.
         let stream = self.dev.stream.clone();
         let lengths: Vec<usize> = layout.seq_offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let stride = if padded { t } else { 0 };
-        match &mut self.layout {
-            Some(l) => l.update(
-                &stream,
-                &lengths,
-                &layout.seq_group,
-                layout.n_groups,
-                stride,
-            )?,
+        let li = match self
+            .layouts
+            .iter()
+            .position(|l| l.n_seqs == b && l.n_groups == layout.n_groups)
+        {
+            Some(i) => {
+                if let Some(l) = self.layouts.get_mut(i) {
+                    l.update(
+                        &stream,
+                        &lengths,
+                        &layout.seq_group,
+                        layout.n_groups,
+                        stride,
+                    )?;
+                }
+                i
+            }
             None => {
-                self.layout = Some(DeviceLayout::new(
+                let l = DeviceLayout::new(
                     &stream,
                     &lengths,
                     &layout.seq_group,
                     layout.n_groups,
                     stride,
-                )?)
+                )?;
+                push_capped(&mut self.layouts, l)
             }
-        }
+        };
         let lay = self
-            .layout
-            .as_ref()
+            .layouts
+            .get(li)
             .ok_or_else(|| CandleLossError::Structure("no device layout".into()))?;
         let (_, obj) = self
             .programs
             .get(pi)
             .ok_or_else(|| CandleLossError::Structure("no program".into()))?;
-        let reuse = matches!(&self.workspace, Some((k, ws)) if *k == key && ws.fits(lay));
-        if !reuse {
-            self.workspace = Some((key, Workspace::new(&stream, &obj.program, lay)?));
-        }
-        let ws = match &mut self.workspace {
+        let wi = match self
+            .workspaces
+            .iter()
+            .position(|(k, ws)| *k == key && ws.fits(lay))
+        {
+            Some(i) => i,
+            None => {
+                let ws = Workspace::new(&stream, &obj.program, lay)?;
+                push_capped(&mut self.workspaces, (key, ws))
+            }
+        };
+        let ws = match self.workspaces.get_mut(wi) {
             Some((_, ws)) => ws,
             None => return Err(CandleLossError::Structure("no workspace".into())),
         };
