@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys::CUevent_flags, CudaEvent, CudaSlice, CudaStream, DevicePtr, SyncOnDrop,
+    sys::CUevent_flags, CudaEvent, CudaSlice, CudaStream, DevicePtr,
 };
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Device, Storage, Tensor};
@@ -467,40 +467,31 @@ impl CudaLoss {
         };
 
         {
-            // Device pointers of the inputs; the storage guards and the event-tracking guards
-            // stay alive until the launches are queued.
-            let storages: Vec<_> = prepared
-                .iter()
-                .map(|p| match p {
-                    Prepared::Tensor(y) => Some(y.storage_and_layout()),
-                    Prepared::Host(_) => None,
-                })
-                .collect();
+            // Device pointers of the inputs. The storage lock and cudarc's event-tracking guard
+            // are released at once (an input given twice would otherwise take the same lock
+            // twice): all the work is on candle's one stream, whose order alone puts the kernels
+            // after the writes of the inputs and before any later reuse of their memory.
             let mut ptrs = Vec::with_capacity(prepared.len());
-            let mut syncs: Vec<SyncOnDrop<'_>> = Vec::with_capacity(prepared.len());
-            for (p, s) in prepared.iter().zip(&storages) {
-                let (ptr, sync) =
-                    match (p, s) {
-                        (Prepared::Tensor(_), Some((storage, l))) => {
-                            tensor_ptr(storage, l.start_offset(), l.is_contiguous(), &stream)?
+            for p in &prepared {
+                let ptr =
+                    match p {
+                        Prepared::Tensor(y) => {
+                            let (storage, l) = y.storage_and_layout();
+                            tensor_ptr(&storage, l.start_offset(), l.is_contiguous(), &stream)?
                         }
-                        (Prepared::Host(k), _) => {
+                        Prepared::Host(k) => {
                             let buf = self.host_bufs.get(*k).and_then(|b| b.as_ref()).ok_or_else(
                                 || CandleLossError::Structure(format!("no buffer for input {k}")),
                             )?;
-                            buf.device_ptr(&stream)
-                        }
-                        (Prepared::Tensor(_), None) => {
-                            return Err(CandleLossError::Structure("input storage missing".into()))
+                            buf.device_ptr(&stream).0
                         }
                     };
                 ptrs.push(ptr);
-                syncs.push(sync);
             }
             self.events.0.record(&stream).map_err(drv("event"))?;
             // SAFETY: `ptrs[i]` points to module input `i` on this stream's device: a contiguous
-            // candle tensor (kept alive in `prepared` until this function returns, its storage
-            // read-locked until the launches are queued) or a buffer of `host_bufs`, each with
+            // candle tensor (kept alive in `prepared` until this function returns, so its memory
+            // is freed, stream-ordered, only after the kernels) or a buffer of `host_bufs`, each with
             // `lay.count(level)` elements at the input's level — `[B, T]` token data for the
             // padded program, packed for the packed one, as checked above — stored as the
             // program's `tok_dtype` for f32 token inputs and as f32 otherwise (the `to_dtype`
@@ -508,7 +499,6 @@ impl CudaLoss {
             // the inputs.
             unsafe { obj.launch(&stream, lay, &ptrs, ws, params)? };
             self.events.1.record(&stream).map_err(drv("event"))?;
-            drop(syncs);
         }
 
         let program = &obj.program;
@@ -546,8 +536,14 @@ impl CudaLoss {
                 CandleLossError::Structure(format!("gradient slot {} has no buffer", r.slot))
             })?;
             let n = lay.count(r.level);
+            if buf.len() < n {
+                return Err(CandleLossError::Structure(format!(
+                    "gradient buffer of {} values for {n}",
+                    buf.len()
+                )));
+            }
             let copy = stream
-                .clone_dtod(&buf.slice(0..n.min(buf.len())))
+                .clone_dtod(&buf.slice(0..n))
                 .map_err(drv("copy gradient"))?;
             let g = Tensor::from_storage(
                 Storage::Cuda(CudaStorage::wrap_cuda_slice(copy, self.candle.clone())),
@@ -626,13 +622,13 @@ impl CudaLoss {
 }
 
 /// The device address of element 0 of a contiguous tensor's view of `storage` (f32, bf16 or
-/// f16) and cudarc's event-tracking guard for reading it on `stream`.
-fn tensor_ptr<'a>(
-    storage: &'a Storage,
+/// f16), made ready for reading on `stream` (cudarc waits for recorded writes from elsewhere).
+fn tensor_ptr(
+    storage: &Storage,
     start_offset: usize,
     contiguous: bool,
-    stream: &'a Arc<CudaStream>,
-) -> Result<(u64, SyncOnDrop<'a>)> {
+    stream: &Arc<CudaStream>,
+) -> Result<u64> {
     let Storage::Cuda(cs) = storage else {
         return Err(CandleLossError::Structure(
             "an input is not in CUDA memory".into(),
@@ -643,24 +639,15 @@ fn tensor_ptr<'a>(
             "an input is not contiguous".into(),
         ));
     }
-    let (base, sync, size) = match cs.dtype() {
-        DType::F32 => {
-            let (p, s) = cs.as_cuda_slice::<f32>()?.device_ptr(stream);
-            (p, s, 4)
-        }
-        DType::BF16 => {
-            let (p, s) = cs.as_cuda_slice::<half::bf16>()?.device_ptr(stream);
-            (p, s, 2)
-        }
-        DType::F16 => {
-            let (p, s) = cs.as_cuda_slice::<half::f16>()?.device_ptr(stream);
-            (p, s, 2)
-        }
+    let (base, size) = match cs.dtype() {
+        DType::F32 => (cs.as_cuda_slice::<f32>()?.device_ptr(stream).0, 4),
+        DType::BF16 => (cs.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0, 2),
+        DType::F16 => (cs.as_cuda_slice::<half::f16>()?.device_ptr(stream).0, 2),
         other => {
             return Err(CandleLossError::Structure(format!(
                 "inputs are read as f32, bf16 or f16, not {other:?}"
             )))
         }
     };
-    Ok((base + (start_offset * size) as u64, sync))
+    Ok(base + (start_offset * size) as u64)
 }
