@@ -19,7 +19,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 
 if [[ -x examples/bin/cuda_train_tests ]]; then
     echo "== GPU tests (examples/tests/cuda_train.rs)"
-    examples/bin/cuda_train_tests --test-threads 1 --nocapture 2>&1 | tee out/gpu_tests.txt
+    # a failure is reported, and the training runs anyway
+    examples/bin/cuda_train_tests --test-threads 1 --nocapture 2>&1 | tee out/gpu_tests.txt ||
+        echo "!! GPU TESTS FAILED (out/gpu_tests.txt)"
 fi
 
 echo "== GPU: --device cuda --backend cuda"
