@@ -596,3 +596,28 @@ pub fn upload_as(
     let n = bytes.len();
     Ok((upload(stream, &bytes)?, n))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::HostLayout;
+
+    #[test]
+    fn host_layout_arrays() {
+        // groups given out of order: group 1 = sequences 0 and 2, group 0 = sequence 1
+        let h = HostLayout::new(&[2, 0, 3], &[1, 0, 1], 2, 4, &[0, 1, 2, 3], None).unwrap();
+        assert_eq!((h.n_tokens, h.n_turns), (5, 3));
+        assert_eq!(h.seq_off, vec![0, 2, 2, 5]);
+        assert_eq!(h.seq_len, vec![2, 0, 3]);
+        assert_eq!(h.seq_group, vec![1, 0, 1]);
+        assert_eq!(h.group_off, vec![0, 1, 3]);
+        assert_eq!(h.group_seqs, vec![1, 0, 2]);
+        assert_eq!(h.turn_off, vec![0, 1, 2, 3]);
+        assert!(h.tok_turn.is_none());
+        // errors, not panics: a row longer than T, a group id out of range, counts that disagree
+        assert!(HostLayout::new(&[5], &[0], 1, 4, &[0, 1], None).is_err());
+        assert!(HostLayout::new(&[1], &[3], 1, 0, &[0, 1], None).is_err());
+        assert!(HostLayout::new(&[1, 1], &[0], 1, 0, &[0, 1, 2], None).is_err());
+        assert!(HostLayout::new(&[1], &[0], 1, 0, &[0], None).is_err());
+    }
+}
