@@ -261,6 +261,21 @@ impl CudaDevice {
         })
     }
 
+    /// The device of a stream someone else made (candle's own, for the candle op): rlo's kernels
+    /// then launch on that stream, ordered with the owner's work, in the owner's context.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<CudaDevice, RuntimeError> {
+        let ctx = stream.context().clone();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| RuntimeError::Cuda(format!("compute capability: {e:?}")))?;
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            arch: arch_name(major, minor),
+            modules: RwLock::new(HashMap::new()),
+        })
+    }
+
     /// GPU 0, opened once per process.
     pub fn global() -> Result<&'static CudaDevice, RuntimeError> {
         static DEV: OnceLock<Result<CudaDevice, String>> = OnceLock::new();
