@@ -19,7 +19,7 @@ fn explain_every_stdlib_objective() {
         }
         let c = compile(&format!("stdlib/{name}.rlo"), src, &Options::default())
             .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
-        let text = explain::explain(&c.module);
+        let text = explain::explain_compiled(&c);
         assert!(
             text.contains("d loss") || text.contains("no diff input"),
             "{name}: explain text does not state a gradient:\n{text}"

@@ -212,12 +212,12 @@ fn not_splittable_objectives_say_why() {
 
 #[test]
 fn explain_names_the_normalizers() {
-    let text = explain::explain(&grpo().module);
+    let text = explain::explain_compiled(&grpo());
     eprintln!("{text}");
     assert!(text.contains("d loss / d logp"), "{text}");
     assert!(text.contains("seq_len"), "{text}");
     assert!(text.contains("num_seqs"), "{text}");
-    let text = explain::explain(&dapo().module);
+    let text = explain::explain_compiled(&dapo());
     assert!(text.contains("num_tokens"), "{text}");
 }
 

@@ -9,8 +9,19 @@
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, Module, ReduceOp, ScanOp, UnaryOp};
 use crate::types::Level;
+use crate::{autodiff, passes, Compiled};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// The explanation of a compiled objective: [`explain`] of its gradient IR simplified without
+/// broadcast sinking and sum factoring. Those two change where and in which order values are
+/// computed, not what they are; without them the coarse coefficients of the gradient stay
+/// separate broadcasts, which is what finds the normalizers and keeps the formulas as autodiff
+/// wrote them.
+pub fn explain_compiled(c: &Compiled) -> String {
+    let m = autodiff::differentiate(c.forward.clone());
+    explain(&passes::simplify_with(m, passes::SimplifyOptions::BASIC))
+}
 
 /// The explanation of every gradient of `m` (a module after autodiff).
 pub fn explain(m: &Module) -> String {
@@ -148,7 +159,7 @@ impl<'a> Printer<'a> {
                 arg,
                 to,
                 filter: None,
-            } if is_one(m, arg) => count_name(m.level(arg), to),
+            } => count_name(counted(m, arg)?, to),
             _ => return None,
         })
     }
@@ -268,6 +279,24 @@ fn is_one(m: &Module, h: Handle<Expr>) -> bool {
         Some(Expr::Const(c)) => *c == 1.0,
         Some(Expr::Broadcast { arg, .. }) => is_one(m, *arg),
         _ => false,
+    }
+}
+
+/// `Some(level)` when summing `h` counts `level` elements: `h` is the constant 1 at `level`, or
+/// itself a filter-free count of `level` elements (`batch_sum(seq_len)` is `num_tokens`: sum
+/// factoring writes token counts that way).
+fn counted(m: &Module, h: Handle<Expr>) -> Option<Level> {
+    if is_one(m, h) {
+        return Some(m.level(h));
+    }
+    match *m.exprs.get(h)? {
+        Expr::Reduce {
+            op: ReduceOp::Sum,
+            arg,
+            filter: None,
+            ..
+        } => counted(m, arg),
+        _ => None,
     }
 }
 

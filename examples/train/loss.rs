@@ -27,6 +27,8 @@ pub struct LossOutput {
     pub loss: Tensor,
     pub value: f64,
     pub metrics: Vec<(String, f64)>,
+    /// GPU time of the loss kernels (the CUDA path only).
+    pub kernel_ms: Option<f64>,
 }
 
 pub trait PolicyLoss {
@@ -36,11 +38,17 @@ pub trait PolicyLoss {
 
 /// A compiled `.rlo` objective. Inputs it may declare: `logp`, `entropy` (tok, may be `diff`),
 /// `old_logp`, `ref_logp` (tok), `reward` (seq), `correct` (seq bool: reward ≥ 1).
+///
+/// With `Backend::Cuda` and the policy on a candle CUDA device (feature `cuda`) the loss runs
+/// through `rlo_runtime::candle::cuda::CudaLoss` (NVRTC kernels on candle's stream, token data
+/// never leaves the GPU, buffers reused between steps); otherwise through `rlo_loss` (host batch).
 pub struct RloObjective {
     pub name: String,
     pub objective: Objective,
     pub params: Vec<f64>,
     pub backend: Backend,
+    #[cfg(feature = "cuda")]
+    cuda: Option<rlo_runtime::candle::cuda::CudaLoss>,
 }
 
 impl RloObjective {
@@ -64,7 +72,43 @@ impl RloObjective {
             objective,
             params,
             backend,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         })
+    }
+
+    /// The CUDA path, when the backend is CUDA and the policy is on a CUDA device.
+    #[cfg(feature = "cuda")]
+    fn compute_cuda(
+        &mut self,
+        x: &LossInputs<'_>,
+        inputs: &[(&str, Input<'_>)],
+    ) -> Result<Option<rlo_runtime::candle::RloLoss>> {
+        if self.backend != Backend::Cuda || !x.logp.device().is_cuda() {
+            return Ok(None);
+        }
+        let cuda = match &mut self.cuda {
+            Some(c) => c,
+            None => self.cuda.insert(rlo_runtime::candle::cuda::CudaLoss::new(
+                &self.objective,
+                x.logp.device(),
+            )?),
+        };
+        Ok(Some(cuda.evaluate(
+            &self.objective,
+            x.tokens,
+            inputs,
+            &self.params,
+        )?))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn compute_cuda(
+        &mut self,
+        _: &LossInputs<'_>,
+        _: &[(&str, Input<'_>)],
+    ) -> Result<Option<rlo_runtime::candle::RloLoss>> {
+        Ok(None)
     }
 }
 
@@ -100,6 +144,14 @@ impl PolicyLoss for RloObjective {
             ("reward", Input::Host(x.reward)),
             ("correct", Input::Host(&correct)),
         ];
+        if let Some(out) = self.compute_cuda(x, &inputs)? {
+            return Ok(LossOutput {
+                loss: out.loss,
+                value: out.value,
+                metrics: out.metrics,
+                kernel_ms: out.kernel_ms,
+            });
+        }
         let out = match rlo_loss(
             &self.objective,
             x.tokens,
@@ -126,6 +178,7 @@ impl PolicyLoss for RloObjective {
             loss: out.loss,
             value: out.value,
             metrics: out.metrics,
+            kernel_ms: out.kernel_ms,
         })
     }
 }
@@ -218,6 +271,7 @@ impl PolicyLoss for CandleGrpo {
             loss,
             value,
             metrics: vec![("clip_frac".into(), clip), ("kl".into(), kl)],
+            kernel_ms: None,
         })
     }
 }

@@ -20,7 +20,8 @@ use rlo_train::{plot, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// Cranelift CPU backend, falling back to the interpreter if it is unavailable.
+    /// `cuda` when the policy is on a CUDA device, else the Cranelift CPU backend (falling back
+    /// to the interpreter where it is unavailable).
     Auto,
     Interp,
     Cpu,
@@ -109,7 +110,9 @@ struct Args {
     /// A TrueType font for the plot's text (default: a system font if one is found).
     #[arg(long)]
     font: Option<PathBuf>,
-    /// Where the policy runs: `cpu`, or `cuda` (needs a build with `--features cuda`).
+    /// Where the policy runs: `cpu`, or `cuda` (needs a build with `--features cuda`:
+    /// `examples/build_cuda.sh`). With `cuda`, `--backend auto|cuda` runs the loss kernels on
+    /// candle's stream without copying token data to the host.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// CPU threads for candle (sets RAYON_NUM_THREADS unless it is set): the model is tiny, so
@@ -161,6 +164,7 @@ fn make_loss(args: &Args) -> Result<Box<dyn PolicyLoss>> {
             let text = std::fs::read_to_string(&args.objective)
                 .map_err(|e| format!("{}: {e}", args.objective.display()))?;
             let backend = match args.backend {
+                BackendArg::Auto if args.device == "cuda" => Backend::Cuda,
                 BackendArg::Auto | BackendArg::Cpu => Backend::Cpu,
                 BackendArg::Interp => Backend::Interp,
                 BackendArg::Cuda => Backend::Cuda,
@@ -179,6 +183,19 @@ fn make_loss(args: &Args) -> Result<Box<dyn PolicyLoss>> {
             Ok(Box::new(obj))
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<Device> {
+    Ok(rlo_runtime::candle::cuda::cuda_device(0)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<Device> {
+    Err(
+        "this binary was built without the `cuda` feature: build it with examples/build_cuda.sh"
+            .into(),
+    )
 }
 
 fn bar(n: usize, quiet: bool, what: &str) -> ProgressBar {
@@ -226,7 +243,7 @@ fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&out.dir)?;
     let device = match args.device.as_str() {
         "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
+        "cuda" => cuda_device()?,
         other => return Err(format!("unknown device `{other}` (cpu, cuda)").into()),
     };
     let mut tr = Trainer::new(cfg.clone(), args.resume.as_deref(), device)?;
@@ -272,8 +289,12 @@ fn run(args: Args) -> Result<()> {
             .iter()
             .map(|(k, v)| format!("{k}={v:.4}"))
             .collect();
+        let loss_time = match l.loss_kernel_s {
+            Some(k) => format!("loss kernels {:.3}ms", k * 1e3),
+            None => format!("loss {:.1}ms", l.loss_s * 1e3),
+        };
         let line = format!(
-            "step {:3} reward {:.3} kl {:.4} clip {:.3} entropy {:.3} loss {:+.4} |g| {:.3} {:.0} tok/s {:.2}s [{}]",
+            "step {:3} reward {:.3} kl {:.4} clip {:.3} entropy {:.3} loss {:+.4} |g| {:.3} {:.0} tok/s {:.3}s {loss_time} ({:.2}% of step) [{}]",
             l.step,
             l.reward,
             l.kl,
@@ -283,6 +304,7 @@ fn run(args: Args) -> Result<()> {
             l.grad_norm,
             l.tokens_per_s,
             l.step_s,
+            100.0 * l.loss_share,
             extra.join(" ")
         );
         if args.quiet {
@@ -320,6 +342,20 @@ fn run(args: Args) -> Result<()> {
     let first = mean(&rewards[..k]);
     let last = mean(&rewards[rewards.len() - k..]);
     let total_s = t_start.elapsed().as_secs_f64();
+    // Throughput and loss share over the RL steps (the first step, which compiles the loss
+    // program, included; `log.jsonl` has every step).
+    let step_sum: f64 = logs.iter().map(|l| l.step_s).sum();
+    let steps_per_s = logs.len() as f64 / step_sum.max(1e-12);
+    let loss_sum: f64 = logs
+        .iter()
+        .map(|l| l.loss_kernel_s.unwrap_or(l.loss_s))
+        .sum();
+    let loss_share = loss_sum / step_sum.max(1e-12);
+    let timing_what = if logs.iter().any(|l| l.loss_kernel_s.is_some()) {
+        "loss kernels (GPU time)"
+    } else {
+        "loss calls (wall time)"
+    };
     let summary = serde_json::json!({
         "objective": args.objective.display().to_string(),
         "loss": loss.describe(),
@@ -330,6 +366,10 @@ fn run(args: Args) -> Result<()> {
         "greedy_acc_before_rl": acc_before,
         "greedy_acc_after_rl": acc_after,
         "rl_seconds": rl_s,
+        "device": args.device,
+        "rl_steps_per_s": steps_per_s,
+        "loss_share": loss_share,
+        "loss_share_of": timing_what,
         "total_seconds": total_s,
         "checkpoint": out.checkpoint(),
         "plot": out.plot(),
@@ -340,6 +380,14 @@ fn run(args: Args) -> Result<()> {
     )?;
     println!(
         "mean reward: first {k} steps {first:.3} -> last {k} steps {last:.3}; greedy accuracy {acc_before:.3} -> {acc_after:.3}; RL {rl_s:.1}s, total {total_s:.1}s"
+    );
+    println!(
+        "RL: {:.2} steps/s on {} ({} steps, {step_sum:.1}s in steps); {timing_what}: {:.2}% of step time ({:.3} ms per step)",
+        steps_per_s,
+        args.device,
+        logs.len(),
+        100.0 * loss_share,
+        1e3 * loss_sum / logs.len().max(1) as f64
     );
     println!(
         "checkpoint {}  plot {}  log {}",

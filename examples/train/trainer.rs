@@ -81,6 +81,14 @@ pub struct StepLog {
     /// Generated (valid) tokens per second of step wall time.
     pub tokens_per_s: f64,
     pub step_s: f64,
+    /// Wall time in the loss calls of the step (`PolicyLoss::compute`, all updates). On a GPU
+    /// this includes waiting for the policy's forward pass queued before the loss.
+    pub loss_s: f64,
+    /// GPU time of the loss kernels of the step (CUDA path only, CUDA events).
+    pub loss_kernel_s: Option<f64>,
+    /// Share of the step's wall time in the loss: `loss_kernel_s / step_s` on the CUDA path,
+    /// `loss_s / step_s` otherwise.
+    pub loss_share: f64,
     /// The objective's own metrics, averaged over the step's updates.
     pub metrics: Vec<(String, f64)>,
 }
@@ -282,6 +290,7 @@ impl Trainer {
             m.1 /= k;
         }
         log.step_s = t0.elapsed().as_secs_f64();
+        log.loss_share = log.loss_kernel_s.unwrap_or(log.loss_s) / log.step_s.max(1e-12);
         let n_tok: usize = r.lengths.iter().sum();
         log.tokens_per_s = n_tok as f64 / log.step_s.max(1e-9);
         Ok(log)
@@ -304,6 +313,7 @@ impl Trainer {
         let logits = completion_logits(&self.policy, r)?;
         let (logp, entropy) =
             token_logp_entropy(&logits, &r.completion_ids()?, self.cfg.temperature)?;
+        let t_loss = Instant::now();
         let out = loss.compute(&LossInputs {
             tokens: &tokens,
             logp: &logp,
@@ -312,6 +322,7 @@ impl Trainer {
             ref_logp,
             reward: rewards,
         })?;
+        let loss_s = t_loss.elapsed().as_secs_f64();
         let mut grads = out.loss.backward()?;
         let grad_norm =
             clip_grad_norm(&self.varmap.all_vars(), &mut grads, self.cfg.max_grad_norm)?;
@@ -330,6 +341,8 @@ impl Trainer {
             loss: out.value,
             grad_norm,
             metrics: out.metrics,
+            loss_s,
+            loss_kernel_s: out.kernel_ms.map(|ms| ms / 1e3),
             ..Default::default()
         })
     }
@@ -389,6 +402,10 @@ fn accumulate(log: &mut StepLog, u: &StepLog) {
     log.entropy += u.entropy;
     log.loss += u.loss;
     log.grad_norm += u.grad_norm;
+    log.loss_s += u.loss_s;
+    if let Some(k) = u.loss_kernel_s {
+        *log.loss_kernel_s.get_or_insert(0.0) += k;
+    }
     for (name, v) in &u.metrics {
         match log.metrics.iter_mut().find(|(n, _)| n == name) {
             Some(m) => m.1 += v,

@@ -23,12 +23,13 @@
 //! backward and works unchanged on every candle device.
 //!
 //! # Devices
-//! [`Objective::evaluate`] takes a host [`Batch`] on every backend, so the inputs are copied to
-//! the host (`B·T` values per token input: small next to the policy's forward pass) and the
-//! gradients copied back to the device of each input. With a CUDA policy (feature `cuda`, which
-//! needs nvcc at build time, see `shared/gpu.md`; not built or run here) the same code applies;
-//! keeping the data on the GPU end to end would need an `evaluate` over device buffers, which the
-//! runtime API does not have.
+//! [`rlo_loss`] takes a host [`Batch`] on every backend: the inputs are copied to the host
+//! (`B·T` values per token input) and the gradients copied back to the device of each input.
+//! With the policy on a candle CUDA device (feature `cuda`, which needs nvcc at build time: see
+//! `examples/build_cuda.sh`), `cuda::CudaLoss` instead runs the objective's NVRTC kernels on
+//! candle's own stream, reading the tensors in candle's device memory and writing the gradients
+//! into device memory that becomes candle tensors: no token data crosses to the host (what does
+//! cross is listed in `candle_cuda.rs`). Both return the same surrogate.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,10 @@ use candle_core::{DType, Device, Tensor, D};
 use rlo_compiler::types::Level;
 
 use crate::{Backend, Batch, Evaluation, Layout, Objective, RuntimeError};
+
+#[cfg(feature = "cuda")]
+#[path = "candle_cuda.rs"]
+pub mod cuda;
 
 /// What can go wrong when an objective meets candle tensors.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,8 @@ pub struct TokenLayout {
     layout: Layout,
     /// `[B, T]` u8, 1 at valid tokens, on the device of the tensors it was made from.
     mask: Tensor,
+    /// Every row's valid tokens are a prefix of it (right padding).
+    prefix: bool,
 }
 
 impl TokenLayout {
@@ -130,12 +137,20 @@ impl TokenLayout {
             m[k] = 1;
         }
         let mask = Tensor::from_vec(m, (b, t), device)?;
+        let prefix = index.iter().enumerate().all(|(k, &pos)| {
+            let row = pos / t.max(1);
+            layout
+                .seq_offsets
+                .get(row)
+                .is_some_and(|&start| pos == row * t + (k - start))
+        });
         Ok(TokenLayout {
             b,
             t,
             index,
             layout,
             mask,
+            prefix,
         })
     }
 
@@ -151,6 +166,17 @@ impl TokenLayout {
 
     pub fn dims(&self) -> (usize, usize) {
         (self.b, self.t)
+    }
+
+    /// Row-major index into `[B, T]` of each packed token.
+    pub fn index(&self) -> &[usize] {
+        &self.index
+    }
+
+    /// Whether every row's valid tokens are a prefix of the row (right padding, no holes): the
+    /// layout the CUDA kernels can read in place.
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
     }
 
     /// The valid tokens of a `[B, T]` tensor, packed, as f64.
@@ -212,6 +238,8 @@ pub struct RloLoss {
     pub grads: Vec<(String, Tensor)>,
     /// The raw evaluation, aligned with `objective.compiled.module.grads/metrics/outputs`.
     pub evaluation: Evaluation,
+    /// GPU time of the loss kernels (the CUDA path, `cuda::CudaLoss`); `None` on the host path.
+    pub kernel_ms: Option<f64>,
 }
 
 impl RloLoss {
@@ -332,6 +360,7 @@ pub fn rlo_loss(
         outputs,
         grads,
         evaluation,
+        kernel_ms: None,
     })
 }
 
@@ -446,6 +475,18 @@ mod tests {
             vec![vec![0., 0., 2., 3.], vec![0.; 4], vec![0., 9., 10., 0.]]
         );
         assert!(tl.unpack(&p[..4], DType::F32, &dev).is_err());
+        assert!(!tl.is_prefix());
+        let right = Tensor::new(&[[1u8, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], &dev).unwrap();
+        assert!(TokenLayout::from_mask(&right, vec![0, 0, 1])
+            .unwrap()
+            .is_prefix());
+        let left = Tensor::new(&[[0u8, 1, 1, 1]], &dev).unwrap();
+        assert!(!TokenLayout::from_mask(&left, vec![0]).unwrap().is_prefix());
+        assert!(
+            TokenLayout::from_lengths(&[2, 0, 4], 4, vec![0, 0, 1], &dev)
+                .unwrap()
+                .is_prefix()
+        );
         assert!(TokenLayout::from_mask(&mask, vec![0, 0]).is_err());
         assert!(TokenLayout::from_lengths(&[5], 4, vec![0], &dev).is_err());
     }

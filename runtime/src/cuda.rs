@@ -32,7 +32,7 @@ use crate::RuntimeError;
 
 #[path = "cuda_exec.rs"]
 mod exec;
-pub use exec::{evaluate, upload_as, CudaObjective, DeviceLayout, LayoutArrays, Workspace};
+pub use exec::{evaluate, upload_as, CudaObjective, DeviceLayout, HostLayout, Workspace};
 
 /// The hand-written device helpers, prepended to every generated program.
 pub const COMMON_CUH: &str = include_str!("../kernels/rlo_common.cuh");
@@ -253,6 +253,21 @@ impl CudaDevice {
             .compute_capability()
             .map_err(|e| RuntimeError::Cuda(format!("compute capability: {e:?}")))?;
         let stream = ctx.default_stream();
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            arch: arch_name(major, minor),
+            modules: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The device of a stream someone else made (candle's own, for the candle op): rlo's kernels
+    /// then launch on that stream, ordered with the owner's work, in the owner's context.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<CudaDevice, RuntimeError> {
+        let ctx = stream.context().clone();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| RuntimeError::Cuda(format!("compute capability: {e:?}")))?;
         Ok(CudaDevice {
             ctx,
             stream,

@@ -63,15 +63,11 @@ fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream.clone_htod(v).map_err(drv("copy to device"))
 }
 
-/// The host side of [`DeviceLayout`]: the `int32` arrays it uploads, computed without a device
-/// (the CUDA emulator of the tests runs the kernels on exactly these arrays).
+/// The layout arrays of [`DeviceLayout`], computed and checked on the host (public for the CUDA
+/// emulator of the tests, which runs the kernels on exactly these arrays).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayoutArrays {
-    pub n_seqs: usize,
-    pub n_groups: usize,
+pub struct HostLayout {
     pub n_tokens: usize,
-    /// `T` for padded `[B, T]` data, 0 for packed.
-    pub tok_stride: usize,
     pub n_turns: usize,
     /// `B + 1` packed token offsets.
     pub seq_off: Vec<i32>,
@@ -86,7 +82,7 @@ pub struct LayoutArrays {
     pub tok_turn: Option<Vec<i32>>,
 }
 
-impl LayoutArrays {
+impl HostLayout {
     /// See [`DeviceLayout::with_turns`].
     pub fn new(
         lengths: &[usize],
@@ -95,7 +91,7 @@ impl LayoutArrays {
         tok_stride: usize,
         turn_off: &[usize],
         tok_turn: Option<&[u32]>,
-    ) -> Result<LayoutArrays, RuntimeError> {
+    ) -> Result<HostLayout, RuntimeError> {
         let b = lengths.len();
         let mut off = Vec::with_capacity(b + 1);
         let mut acc = 0usize;
@@ -113,6 +109,11 @@ impl LayoutArrays {
             .iter()
             .map(|&l| to_i32(l, "sequence length"))
             .collect::<Result<_, _>>()?;
+        if seq_group.len() != b {
+            return Err(RuntimeError::Layout {
+                message: format!("{} group ids for {b} sequences", seq_group.len()),
+            });
+        }
         let mut counts = vec![0usize; n_groups + 1];
         for &g in seq_group {
             match counts.get_mut(g as usize + 1) {
@@ -144,11 +145,6 @@ impl LayoutArrays {
                 *slot += 1;
             }
         }
-        if seq_group.len() != b {
-            return Err(RuntimeError::Layout {
-                message: format!("{} group ids for {b} sequences", seq_group.len()),
-            });
-        }
         let sg: Vec<i32> = seq_group.iter().map(|&g| g as i32).collect();
         if turn_off.len() != b + 1 {
             return Err(RuntimeError::Layout {
@@ -167,11 +163,8 @@ impl LayoutArrays {
             ),
             None => None,
         };
-        Ok(LayoutArrays {
-            n_seqs: b,
-            n_groups,
+        Ok(HostLayout {
             n_tokens: acc,
-            tok_stride,
             n_turns: turn_off.last().copied().unwrap_or(0),
             seq_off: off,
             seq_len: len,
@@ -211,24 +204,60 @@ impl DeviceLayout {
         turn_off: &[usize],
         tok_turn: Option<&[u32]>,
     ) -> Result<DeviceLayout, RuntimeError> {
-        let a = LayoutArrays::new(lengths, seq_group, n_groups, tok_stride, turn_off, tok_turn)?;
+        let h = HostLayout::new(lengths, seq_group, n_groups, tok_stride, turn_off, tok_turn)?;
         Ok(DeviceLayout {
-            n_seqs: a.n_seqs,
-            n_groups: a.n_groups,
-            n_tokens: a.n_tokens,
-            tok_stride: a.tok_stride,
-            n_turns: a.n_turns,
-            turn_off: upload(stream, &a.turn_off)?,
-            tok_turn: match &a.tok_turn {
+            n_seqs: lengths.len(),
+            n_groups,
+            n_tokens: h.n_tokens,
+            tok_stride,
+            n_turns: h.n_turns,
+            turn_off: upload(stream, &h.turn_off)?,
+            tok_turn: match &h.tok_turn {
                 Some(v) => Some(upload(stream, v)?),
                 None => None,
             },
-            seq_off: upload(stream, &a.seq_off)?,
-            seq_len: upload(stream, &a.seq_len)?,
-            seq_group: upload(stream, &a.seq_group)?,
-            group_off: upload(stream, &a.group_off)?,
-            group_seqs: upload(stream, &a.group_seqs)?,
+            seq_off: upload(stream, &h.seq_off)?,
+            seq_len: upload(stream, &h.seq_len)?,
+            seq_group: upload(stream, &h.seq_group)?,
+            group_off: upload(stream, &h.group_off)?,
+            group_seqs: upload(stream, &h.group_seqs)?,
         })
+    }
+
+    /// Makes this the single-turn layout of `lengths`/`seq_group` (as [`DeviceLayout::new`]),
+    /// copying into the existing device arrays when the numbers of sequences and groups are
+    /// unchanged (a training loop whose lengths change every step allocates nothing), else
+    /// allocating new ones. Copies are ordered on `stream`, after the work already queued there.
+    pub fn update(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        lengths: &[usize],
+        seq_group: &[u32],
+        n_groups: usize,
+        tok_stride: usize,
+    ) -> Result<(), RuntimeError> {
+        if lengths.len() != self.n_seqs || n_groups != self.n_groups || self.tok_turn.is_some() {
+            *self = DeviceLayout::new(stream, lengths, seq_group, n_groups, tok_stride)?;
+            return Ok(());
+        }
+        let turn_off: Vec<usize> = (0..=lengths.len()).collect();
+        let h = HostLayout::new(lengths, seq_group, n_groups, tok_stride, &turn_off, None)?;
+        let copy = |src: &[i32], dst: &mut CudaSlice<i32>| -> Result<(), RuntimeError> {
+            if src.is_empty() {
+                return Ok(());
+            }
+            stream.memcpy_htod(src, dst).map_err(drv("copy to device"))
+        };
+        copy(&h.seq_off, &mut self.seq_off)?;
+        copy(&h.seq_len, &mut self.seq_len)?;
+        copy(&h.seq_group, &mut self.seq_group)?;
+        copy(&h.group_off, &mut self.group_off)?;
+        copy(&h.group_seqs, &mut self.group_seqs)?;
+        copy(&h.turn_off, &mut self.turn_off)?;
+        self.n_tokens = h.n_tokens;
+        self.n_turns = h.n_turns;
+        self.tok_stride = tok_stride;
+        Ok(())
     }
 
     /// The packed layout of a bound batch, turns included.
@@ -264,11 +293,17 @@ impl DeviceLayout {
 }
 
 /// The device buffers of one program for one batch shape; reused across steps (a training step
-/// with the same shape allocates nothing).
+/// whose buffers have the same sizes allocates nothing: with padded `[B, T]` tokens that is any
+/// batch with the same `B`, `T` and number of groups, whatever the lengths).
 pub struct Workspace {
-    dims: (usize, usize, usize, usize, usize),
+    /// Elements per buffer at the levels tok, turn, seq, group.
+    sizes: [usize; 4],
     /// One per slot; `None` for inputs.
     bufs: Vec<Option<CudaSlice<f32>>>,
+}
+
+fn level_sizes(lay: &DeviceLayout) -> [usize; 4] {
+    [Level::Tok, Level::Turn, Level::Seq, Level::Group].map(|l| lay.count(l))
 }
 
 impl Workspace {
@@ -289,27 +324,14 @@ impl Workspace {
             });
         }
         Ok(Workspace {
-            dims: (
-                lay.n_seqs,
-                lay.n_groups,
-                lay.n_tokens,
-                lay.tok_stride,
-                lay.n_turns,
-            ),
+            sizes: level_sizes(lay),
             bufs,
         })
     }
 
-    /// Whether this workspace fits a layout (same counts).
+    /// Whether this workspace fits a layout (the same buffer sizes at every level).
     pub fn fits(&self, lay: &DeviceLayout) -> bool {
-        self.dims
-            == (
-                lay.n_seqs,
-                lay.n_groups,
-                lay.n_tokens,
-                lay.tok_stride,
-                lay.n_turns,
-            )
+        self.sizes == level_sizes(lay)
     }
 
     /// The device buffer of slot `slot` (roots: see `CudaProgram::{loss,grads,..}`).
@@ -580,4 +602,29 @@ pub fn upload_as(
     };
     let n = bytes.len();
     Ok((upload(stream, &bytes)?, n))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::HostLayout;
+
+    #[test]
+    fn host_layout_arrays() {
+        // groups given out of order: group 1 = sequences 0 and 2, group 0 = sequence 1
+        let h = HostLayout::new(&[2, 0, 3], &[1, 0, 1], 2, 4, &[0, 1, 2, 3], None).unwrap();
+        assert_eq!((h.n_tokens, h.n_turns), (5, 3));
+        assert_eq!(h.seq_off, vec![0, 2, 2, 5]);
+        assert_eq!(h.seq_len, vec![2, 0, 3]);
+        assert_eq!(h.seq_group, vec![1, 0, 1]);
+        assert_eq!(h.group_off, vec![0, 1, 3]);
+        assert_eq!(h.group_seqs, vec![1, 0, 2]);
+        assert_eq!(h.turn_off, vec![0, 1, 2, 3]);
+        assert!(h.tok_turn.is_none());
+        // errors, not panics: a row longer than T, a group id out of range, counts that disagree
+        assert!(HostLayout::new(&[5], &[0], 1, 4, &[0, 1], None).is_err());
+        assert!(HostLayout::new(&[1], &[3], 1, 0, &[0, 1], None).is_err());
+        assert!(HostLayout::new(&[1, 1], &[0], 1, 0, &[0, 1, 2], None).is_err());
+        assert!(HostLayout::new(&[1], &[0], 1, 0, &[0], None).is_err());
+    }
 }

@@ -86,6 +86,8 @@ pub struct ShardPlan {
     n_metrics: usize,
     metric_merge: Vec<RankMerge>,
     output_merge: Vec<RankMerge>,
+    /// The original module (result shapes for [`ShardPlan::evaluate_ranks`]).
+    module: Module,
 }
 
 /// The rank-local statistics of one round, to be all-reduced: `sums` with SUM, `maxes` with MAX
@@ -242,6 +244,7 @@ impl ShardPlan {
             output_merge,
             leaves,
             rounds,
+            module: m.clone(),
         })
     }
 
@@ -423,6 +426,100 @@ impl ShardPlan {
             .collect()
     }
 
+    /// `k` ranks simulated in one process: group `g` goes to rank `g mod k`; the ranks' results
+    /// are gathered into one whole-batch evaluation (equal to the whole-batch evaluation to
+    /// float rounding; `rloc run --ranks k` prints it).
+    pub fn evaluate_ranks(
+        &self,
+        batch: &Batch,
+        params: &[f64],
+        backend: Backend,
+        k: usize,
+    ) -> Result<Evaluation, RuntimeError> {
+        let m = &self.module;
+        let l = &batch.layout;
+        if k == 0 {
+            return Err(RuntimeError::Split("--ranks must be at least 1".into()));
+        }
+        let subs: Vec<_> = (0..k)
+            .map(|r| {
+                let seqs: Vec<usize> = (0..l.n_seqs())
+                    .filter(|&s| l.seq_group[s] as usize % k == r)
+                    .collect();
+                rlo_compiler::split::sub_batch(m, batch, &seqs)
+            })
+            .collect();
+        let shards: Vec<Batch> = subs.iter().map(|s| s.batch.clone()).collect();
+        let evs = self.evaluate_shards(&shards, params, backend)?;
+        let per_rank: Vec<Vec<f64>> = evs.iter().map(|e| e.metrics.clone()).collect();
+        let zeros = |level: Level| vec![0.0; l.count(level)];
+        let mut out = Evaluation {
+            loss: evs.iter().map(|e| e.loss).sum(),
+            grads: m
+                .grads
+                .iter()
+                .map(|g| zeros(input_level(m, g.input)))
+                .collect(),
+            metrics: self.combine_metrics(&per_rank),
+            outputs: m.outputs.iter().map(|o| zeros(m.level(o.value))).collect(),
+        };
+        for (sub, ev) in subs.iter().zip(&evs) {
+            // Whole-batch index of each element of this rank's shard, per level.
+            let index = |level: Level| -> Vec<usize> {
+                match level {
+                    Level::Tok => sub
+                        .seqs
+                        .iter()
+                        .flat_map(|&s| l.seq_offsets[s]..l.seq_offsets[s + 1])
+                        .collect(),
+                    Level::Turn => sub
+                        .seqs
+                        .iter()
+                        .flat_map(|&s| l.turn_offsets[s]..l.turn_offsets[s + 1])
+                        .collect(),
+                    Level::Seq => sub.seqs.clone(),
+                    Level::Group => sub.groups.clone(),
+                    Level::Batch => vec![0],
+                }
+            };
+            let place = |acc: &mut [f64], v: &[f64], level: Level, add: bool| {
+                let idx = index(level);
+                if idx.len() != v.len() {
+                    return Err(RuntimeError::ResultShape {
+                        name: format!("rank result ({level} values)"),
+                        expected: idx.len(),
+                        got: v.len(),
+                    });
+                }
+                for (&i, &x) in idx.iter().zip(v) {
+                    if let Some(slot) = acc.get_mut(i) {
+                        *slot = if add { *slot + x } else { x };
+                    }
+                }
+                Ok(())
+            };
+            for ((g, acc), v) in m.grads.iter().zip(&mut out.grads).zip(&ev.grads) {
+                place(acc, v, input_level(m, g.input), false)?;
+            }
+            for (((o, acc), v), how) in m
+                .outputs
+                .iter()
+                .zip(&mut out.outputs)
+                .zip(&ev.outputs)
+                .zip(&self.output_merge)
+            {
+                let level = m.level(o.value);
+                match how {
+                    RankMerge::Place => place(acc, v, level, false)?,
+                    RankMerge::Sum => place(acc, v, level, true)?,
+                    RankMerge::Same | RankMerge::Max | RankMerge::Min => acc.clone_from(v),
+                    RankMerge::Unavailable => acc.iter_mut().for_each(|x| *x = f64::NAN),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn round(&self, round: usize) -> Result<&Round, RuntimeError> {
         self.rounds.get(round).ok_or_else(|| {
             RuntimeError::Split(format!(
@@ -458,6 +555,13 @@ impl ShardPlan {
         }
         Ok(b)
     }
+}
+
+fn input_level(m: &Module, i: u32) -> Level {
+    m.inputs
+        .get(i as usize)
+        .map(|x| x.ty.level)
+        .unwrap_or(Level::Batch)
 }
 
 /// Round of each leaf: 0 if no other leaf is below it, else one more than the deepest below.

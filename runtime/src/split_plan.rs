@@ -80,59 +80,6 @@ pub fn frozen_name(h: Handle<Expr>) -> String {
     format!("__frozen.{}", h.index())
 }
 
-/// `e` with every operand mapped through `f`.
-fn remap(e: &Expr, f: impl Fn(Handle<Expr>) -> Handle<Expr>) -> Expr {
-    match *e {
-        Expr::Const(_) | Expr::Bool(_) | Expr::Param(_) | Expr::Input(_) | Expr::Index(_) => {
-            e.clone()
-        }
-        Expr::Unary { op, arg } => Expr::Unary { op, arg: f(arg) },
-        Expr::Binary { op, lhs, rhs } => Expr::Binary {
-            op,
-            lhs: f(lhs),
-            rhs: f(rhs),
-        },
-        Expr::Select {
-            cond,
-            on_true,
-            on_false,
-        } => Expr::Select {
-            cond: f(cond),
-            on_true: f(on_true),
-            on_false: f(on_false),
-        },
-        Expr::Broadcast { arg, to } => Expr::Broadcast { arg: f(arg), to },
-        Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter,
-        } => Expr::Reduce {
-            op,
-            arg: f(arg),
-            to,
-            filter: filter.map(&f),
-        },
-        Expr::Scan { op, arg, discount } => Expr::Scan {
-            op,
-            arg: f(arg),
-            discount: discount.map(&f),
-        },
-        Expr::Rank { arg, within } => Expr::Rank {
-            arg: f(arg),
-            within,
-        },
-        Expr::Quantile { arg, q, to, filter } => Expr::Quantile {
-            arg: f(arg),
-            q: f(q),
-            to,
-            filter: filter.map(&f),
-        },
-        Expr::PosReduce { op, arg } => Expr::PosReduce { op, arg: f(arg) },
-        Expr::Detach { arg } => Expr::Detach { arg: f(arg) },
-    }
-}
-
 /// The module each part runs: frozen nodes replaced by inputs `__frozen.<h>` (non-diff).
 pub fn part_module(m: &Module, frozen: &[Handle<Expr>]) -> Module {
     let mut out = Module::new(m.name.clone());
@@ -152,7 +99,7 @@ pub fn part_module(m: &Module, frozen: &[Handle<Expr>]) -> Module {
             });
             Expr::Input((out.inputs.len() - 1) as u32)
         } else {
-            remap(e, |o| map.get(o.index()).copied().unwrap_or(o))
+            e.map_operands(|o| map.get(o.index()).copied().unwrap_or(o))
         };
         let nh = out.append(new, ty, span);
         map.push(nh);

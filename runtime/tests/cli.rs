@@ -486,3 +486,58 @@ fn run_with_micro_batches_matches_and_refusals_explain() {
     assert_eq!(r.status.code(), Some(1));
     assert!(text(&r).1.contains("micro-batches"), "{:?}", text(&r));
 }
+
+#[test]
+fn run_with_ranks_matches_the_whole_batch() {
+    let d = dir("ranks");
+    let f = write(&d, "grpo.rlo", GRPO);
+    let b = batch(&d);
+    let (o1, o2) = (d.join("1.safetensors"), d.join("3.safetensors"));
+    for (k, o) in [("1", &o1), ("3", &o2)] {
+        let out = o.display().to_string();
+        let r = rloc(&[
+            "run", &f, "--batch", &b, "--out", &out, "--ranks", k, "--f64",
+        ]);
+        assert!(r.status.success(), "{:?}", text(&r));
+    }
+    let (a, c) = (read_file(&o1).expect("1"), read_file(&o2).expect("3"));
+    for name in ["loss", "grad.logp", "metric.clip_frac", "output.adv"] {
+        let (Some(Values::Float(x)), Some(Values::Float(y))) = (a[name].values(), c[name].values())
+        else {
+            panic!("{name} not float")
+        };
+        assert_eq!(x.len(), y.len(), "{name}");
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-12 * p.abs().max(1.0),
+                "{name}: {p} vs {q}"
+            );
+        }
+    }
+    let out = o1.display().to_string();
+    let r = rloc(&[
+        "run",
+        &f,
+        "--batch",
+        &b,
+        "--out",
+        &out,
+        "--ranks",
+        "2",
+        "--micro-batches",
+        "2",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let q = write(
+        &d,
+        "q.rlo",
+        "objective q() {\n    input logp: tok diff\n    input reward: seq\n    loss batch_mean(-logp * (reward > batch_quantile(reward, 0.5)))\n}\n",
+    );
+    let r = rloc(&["run", &q, "--batch", &b, "--out", &out, "--ranks", "2"]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = text(&r).1;
+    assert!(
+        err.contains("data-parallel") && err.contains("q.rlo:4:"),
+        "{err}"
+    );
+}

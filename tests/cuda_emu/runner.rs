@@ -1,7 +1,7 @@
 //! Host side of the CUDA emulator: builds one shared library from several generated programs
 //! (`emu.h` + `rlo_common.cuh` + each program in its own namespace), then runs a program the way
 //! `rlo_runtime::cuda::CudaObjective::launch` does: the same layout arrays
-//! ([`LayoutArrays`], shared with `DeviceLayout`), one f32 buffer per `Slot::Buffer`, the
+//! ([`HostLayout`], shared with `DeviceLayout`), one f32 buffer per `Slot::Buffer`, the
 //! `RloCtx` words (header, pointers, params as f64 bits), the same grids and block sizes.
 //!
 //! Checks made on every run besides the results: every kernel's barriers and shuffles are reached
@@ -19,7 +19,7 @@ use rlo_compiler::back::cuda::{
     PASS_THREADS, SMALL_THREADS,
 };
 use rlo_compiler::{Batch, DType, Evaluation, Level, Module};
-use rlo_runtime::cuda::{LayoutArrays, COMMON_CUH};
+use rlo_runtime::cuda::{HostLayout, COMMON_CUH};
 
 const EMU_H: &str = include_str!("emu.h");
 
@@ -432,7 +432,7 @@ pub fn run(
     } else {
         Some(l.tok_turn.clone())
     };
-    let mut arrays = LayoutArrays::new(
+    let mut arrays = HostLayout::new(
         &lengths,
         &l.seq_group,
         l.n_groups,

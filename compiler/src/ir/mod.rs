@@ -302,6 +302,59 @@ pub enum ScanOp {
 }
 
 impl Expr {
+    /// The same node with every operand `o` replaced by `f(o)` (in [`Expr::operands`] order).
+    pub fn map_operands(&self, f: impl Fn(Handle<Expr>) -> Handle<Expr>) -> Expr {
+        match *self {
+            Expr::Const(_) | Expr::Bool(_) | Expr::Param(_) | Expr::Input(_) | Expr::Index(_) => {
+                self.clone()
+            }
+            Expr::Unary { op, arg } => Expr::Unary { op, arg: f(arg) },
+            Expr::Binary { op, lhs, rhs } => Expr::Binary {
+                op,
+                lhs: f(lhs),
+                rhs: f(rhs),
+            },
+            Expr::Select {
+                cond,
+                on_true,
+                on_false,
+            } => Expr::Select {
+                cond: f(cond),
+                on_true: f(on_true),
+                on_false: f(on_false),
+            },
+            Expr::Broadcast { arg, to } => Expr::Broadcast { arg: f(arg), to },
+            Expr::Reduce {
+                op,
+                arg,
+                to,
+                filter,
+            } => Expr::Reduce {
+                op,
+                arg: f(arg),
+                to,
+                filter: filter.map(&f),
+            },
+            Expr::Scan { op, arg, discount } => Expr::Scan {
+                op,
+                arg: f(arg),
+                discount: discount.map(&f),
+            },
+            Expr::Rank { arg, within } => Expr::Rank {
+                arg: f(arg),
+                within,
+            },
+            Expr::Quantile { arg, q, to, filter } => Expr::Quantile {
+                arg: f(arg),
+                q: f(q),
+                to,
+                filter: filter.map(&f),
+            },
+            Expr::PosReduce { op, arg } => Expr::PosReduce { op, arg: f(arg) },
+            Expr::Detach { arg } => Expr::Detach { arg: f(arg) },
+        }
+    }
+
     /// Calls `f` on each operand, in the order of [`Expr::operands`], without allocating.
     pub fn for_each_operand(&self, mut f: impl FnMut(Handle<Expr>)) {
         match *self {

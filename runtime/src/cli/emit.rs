@@ -111,6 +111,6 @@ pub fn schedule_text(c: &rlo_compiler::Compiled) -> String {
 
 pub fn explain(path: &Path, objective: Option<String>) -> Result<ExitCode, CliError> {
     let obj = compile_file(path, objective)?;
-    out!("{}", rlo_compiler::explain::explain(&obj.compiled.module));
+    out!("{}", rlo_compiler::explain::explain_compiled(&obj.compiled));
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// the whole-batch result.
     #[arg(long, default_value_t = 1)]
     pub micro_batches: usize,
+    /// Evaluate as this many data-parallel ranks holding whole groups (group g on rank g mod k),
+    /// with normalizers all-reduced between them, and gather: must equal the whole-batch result.
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
     /// Which objective of the file (needed when it has several).
     #[arg(long)]
     pub objective: Option<String>,
@@ -69,7 +73,15 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, CliError> {
     let bound = obj
         .bind(&tensors, &opts)
         .map_err(|e| format!("{}: {e}", a.batch.display()))?;
-    let eval = if a.micro_batches == 1 {
+    if a.ranks != 1 && a.micro_batches != 1 {
+        return Err("--ranks and --micro-batches cannot be combined"
+            .to_string()
+            .into());
+    }
+    let eval = if a.ranks != 1 {
+        rlo_runtime::dataparallel::ShardPlan::new(&obj)
+            .and_then(|plan| plan.evaluate_ranks(&bound.batch, &params, a.backend, a.ranks))
+    } else if a.micro_batches == 1 {
         obj.evaluate(&bound.batch, &params, a.backend)
     } else {
         let sizes =
@@ -78,7 +90,8 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, CliError> {
         rlo_runtime::microbatch::evaluate(&obj, &bound.batch, &params, a.backend, &sizes)
     }
     .map_err(|e| match e {
-        rlo_runtime::RuntimeError::NotSplittable { explanation, .. } => {
+        rlo_runtime::RuntimeError::NotSplittable { explanation, .. }
+        | rlo_runtime::RuntimeError::NotShardable { explanation, .. } => {
             CliError::Rendered(explanation)
         }
         e => CliError::Plain(e.to_string()),
