@@ -4,7 +4,11 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    // The manifest dir of *this* build (cargo sets it when running the script), not the one
+    // compiled into the script: cargo reuses a build-script binary across checkouts that share
+    // a target dir, and `env!` would then embed another checkout's (possibly deleted) stdlib.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let dir = Path::new(&manifest).join("../stdlib");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<(String, String)> = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&dir) {

@@ -371,3 +371,34 @@ fn cpu_backend_weight_gradients_equal_candle_grpo() {
         "cpu backend vs candle GRPO: largest relative weight-gradient difference {worst:.2e}"
     );
 }
+
+/// `--ranks k`: the loss evaluated as k data-parallel ranks (groups dealt out, normalizers
+/// all-reduced) gives the whole-batch weight gradients; stdlib grpo, f64 interpreter.
+#[test]
+fn data_parallel_ranks_give_the_whole_batch_weight_gradients() {
+    let f = fixture();
+    let text = include_str!("../../stdlib/grpo.rlo");
+    let mut whole = RloObjective::new("grpo", text, None, &[], Backend::Interp).unwrap();
+    let (v1, g1) = weight_grads(&f, &mut whole);
+    for k in [2, 3] {
+        let mut ranked = RloObjective::new("grpo", text, None, &[], Backend::Interp)
+            .unwrap()
+            .with_ranks(k)
+            .unwrap();
+        let (vk, gk) = weight_grads(&f, &mut ranked);
+        assert!(
+            (vk - v1).abs() <= 1e-6 * v1.abs().max(1e-3),
+            "k={k}: loss {vk} vs {v1}"
+        );
+        for ((name, a), (_, b)) in gk.iter().zip(&g1) {
+            let rel = max_rel_diff(a, b);
+            assert!(rel <= 1e-5, "k={k} {name}: {rel}");
+        }
+    }
+    assert!(
+        RloObjective::new("stdlib/grpo.rlo", &text, None, &[], Backend::Interp)
+            .unwrap()
+            .with_ranks(0)
+            .is_err()
+    );
+}

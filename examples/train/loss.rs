@@ -3,7 +3,8 @@
 //! gradient check compares against).
 
 use candle_core::{DType, Tensor};
-use rlo_runtime::candle::{rlo_loss, Input, TokenLayout};
+use rlo_runtime::candle::{rlo_loss, rlo_loss_with, Input, TokenLayout};
+use rlo_runtime::dataparallel::ShardPlan;
 use rlo_runtime::{Backend, Objective, RuntimeError};
 
 use crate::Result;
@@ -47,6 +48,10 @@ pub struct RloObjective {
     pub objective: Objective,
     pub params: Vec<f64>,
     pub backend: Backend,
+    /// Data-parallel ranks simulated in this process (`--ranks`): each step's groups are dealt
+    /// to `k` ranks, the normalizers all-reduced between them, and the ranks' exact results
+    /// gathered (`rlo_runtime::dataparallel`). `None`: the whole batch at once.
+    pub ranks: Option<(usize, ShardPlan)>,
     #[cfg(feature = "cuda")]
     cuda: Option<rlo_runtime::candle::cuda::CudaLoss>,
 }
@@ -72,9 +77,21 @@ impl RloObjective {
             objective,
             params,
             backend,
+            ranks: None,
             #[cfg(feature = "cuda")]
             cuda: None,
         })
+    }
+
+    /// Evaluate each step as `k` data-parallel ranks (k ≥ 2; 1 = the whole batch). Errors when
+    /// the objective is not exact data-parallel (the explanation points at its source).
+    pub fn with_ranks(mut self, k: usize) -> Result<RloObjective> {
+        self.ranks = match k {
+            0 => return Err("--ranks must be at least 1".into()),
+            1 => None,
+            k => Some((k, ShardPlan::new(&self.objective)?)),
+        };
+        Ok(self)
     }
 
     /// The CUDA path, when the backend is CUDA and the policy is on a CUDA device.
@@ -144,6 +161,18 @@ impl PolicyLoss for RloObjective {
             ("reward", Input::Host(x.reward)),
             ("correct", Input::Host(&correct)),
         ];
+        if let Some((k, plan)) = &self.ranks {
+            let (k, params, backend) = (*k, &self.params, self.backend);
+            let out = rlo_loss_with(&self.objective, x.tokens, &inputs, |batch| {
+                plan.evaluate_ranks(batch, params, backend, k)
+            })?;
+            return Ok(LossOutput {
+                loss: out.loss,
+                value: out.value,
+                metrics: out.metrics,
+                kernel_ms: out.kernel_ms,
+            });
+        }
         if let Some(out) = self.compute_cuda(x, &inputs)? {
             return Ok(LossOutput {
                 loss: out.loss,

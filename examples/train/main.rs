@@ -53,6 +53,11 @@ struct Args {
     backend: BackendArg,
     #[arg(long, value_enum, default_value_t = LossArg::Rlo)]
     loss: LossArg,
+    /// Evaluate the loss as this many data-parallel ranks holding whole groups, simulated in
+    /// this process (normalizers all-reduced between ranks, results gathered): the same
+    /// training as 1 rank, to float rounding.
+    #[arg(long, default_value_t = 1)]
+    ranks: usize,
     /// RL steps.
     #[arg(long, default_value_t = 200)]
     steps: usize,
@@ -176,7 +181,8 @@ fn make_loss(args: &Args) -> Result<Box<dyn PolicyLoss>> {
                 args.objective_name.clone(),
                 &args.params,
                 backend,
-            )?;
+            )?
+            .with_ranks(args.ranks)?;
             for w in &obj.objective.compiled.warnings {
                 eprintln!("warning: {}", w.message);
             }

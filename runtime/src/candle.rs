@@ -274,6 +274,20 @@ pub fn rlo_loss(
     params: &[f64],
     backend: Backend,
 ) -> Result<RloLoss> {
+    rlo_loss_with(objective, tokens, inputs, |batch| {
+        objective.evaluate(batch, params, backend)
+    })
+}
+
+/// [`rlo_loss`] with the evaluation of the packed batch done by `evaluate` (e.g. data-parallel
+/// ranks through `dataparallel::ShardPlan::evaluate_ranks`, or micro-batches); it must return
+/// the whole-batch loss, gradients, metrics and outputs of `objective`.
+pub fn rlo_loss_with(
+    objective: &Objective,
+    tokens: &TokenLayout,
+    inputs: &[(&str, Input<'_>)],
+    evaluate: impl FnOnce(&Batch) -> std::result::Result<Evaluation, RuntimeError>,
+) -> Result<RloLoss> {
     let module = &objective.compiled.module;
     let layout = tokens.layout();
     let mut values = BTreeMap::new();
@@ -310,7 +324,7 @@ pub fn rlo_loss(
         layout: layout.clone(),
         values,
     };
-    let evaluation = objective.evaluate(&batch, params, backend)?;
+    let evaluation = evaluate(&batch)?;
 
     let mut terms = Vec::new();
     let mut grads = Vec::new();
