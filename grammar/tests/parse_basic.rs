@@ -94,3 +94,21 @@ fn several_syntax_errors_are_reported() {
         .collect();
     assert_eq!(lines, [3, 6]);
 }
+
+#[test]
+fn several_syntax_errors_inside_one_objective_are_reported() {
+    // Each broken statement is reported (the statement after an incomplete one included), and
+    // the next item's error too; a clean statement between them adds nothing.
+    let src = "objective o() {\n    input logp: tok diff\n    let a = 1 +\n    let b = logp * * 2\n    metric m = batch_mean(logp) +\n    loss batch_mean(logp)\n}\n\nobjective p() {\n    loss 1 +\n}\n";
+    let errs = parse(src, FileId(0)).expect_err("broken statements");
+    let at: Vec<(usize, usize)> = errs
+        .iter()
+        .map(|d| {
+            let s = d.primary_span().expect("span").start as usize;
+            let line = 1 + src[..s].matches('\n').count();
+            let col = 1 + s - src[..s].rfind('\n').map_or(0, |n| n + 1);
+            (line, col)
+        })
+        .collect();
+    assert_eq!(at, [(4, 5), (4, 20), (6, 5), (11, 1)], "{errs:?}");
+}
