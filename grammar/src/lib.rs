@@ -15,6 +15,7 @@ mod dump;
 pub mod fmt;
 mod parse;
 mod perror;
+mod recover;
 mod scan;
 pub mod span;
 

@@ -34,14 +34,17 @@ pub fn parse(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
     stacker::maybe_grow(STACK_SIZE / 2, STACK_SIZE, || parse_inner(src, file))
 }
 
-fn parse_inner(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
+pub(crate) fn parse_inner(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
     let scanned = prescan(src, file);
     if !scanned.errors.is_empty() {
         return Err(scanned.errors);
     }
     let mut pairs = match pest_parse(src) {
         Ok(p) => p,
-        Err(e) => return Err(recover(src, file, crate::perror::convert(src, file, &e))),
+        Err(e) => {
+            let first = crate::perror::convert(src, file, &e);
+            return Err(crate::recover::recover(src, file, first));
+        }
     };
     let Some(top) = pairs.next() else {
         return Err(vec![Diagnostic::error("E0001", "empty parse")]);
@@ -84,178 +87,6 @@ fn parse_inner(src: &str, file: FileId) -> Result<ast::File, Vec<Diagnostic>> {
         b.errors.sort_by_key(|d| d.primary_span());
         Err(b.errors)
     }
-}
-
-/// At most this many syntax errors are reported for one file.
-const MAX_ERRORS: usize = 20;
-
-/// After a syntax error, parses again from the next line that starts an item at column 0
-/// (`fn`, `objective`, `use`, `///`) to report the errors of later items too. Each restart
-/// parses a suffix of the file, so the spans of its diagnostics are shifted back.
-fn recover(src: &str, file: FileId, first: Diagnostic) -> Vec<Diagnostic> {
-    let mut errors = vec![first];
-    while let Some(last) = errors.last().and_then(Diagnostic::primary_span) {
-        let from = (last.end as usize).max(last.start as usize + 1);
-        if errors.len() < MAX_ERRORS {
-            if let Some(d) = next_stmt_error(src, file, last.start as usize, from) {
-                errors.push(d);
-                continue;
-            }
-        }
-        let Some(start) = next_item_start(src, from) else {
-            break;
-        };
-        if errors.len() >= MAX_ERRORS {
-            break;
-        }
-        let rest = &src[start..];
-        let (found, more) = match pest_parse(rest) {
-            Ok(_) => (parse_inner(rest, file).err().unwrap_or_default(), false),
-            Err(e) => (vec![crate::perror::convert(rest, file, &e)], true),
-        };
-        for mut d in found {
-            for l in &mut d.labels {
-                l.span.start += start as u32;
-                l.span.end += start as u32;
-            }
-            errors.push(d);
-        }
-        if !more {
-            break;
-        }
-    }
-    errors.truncate(MAX_ERRORS);
-    errors
-}
-
-/// Within an objective body, after a syntax error at `from`: the first syntax error of the
-/// statements that follow (from the next line that starts with a statement keyword to the end
-/// of the item), found by parsing them as the body of a stand-in objective; spans are shifted
-/// back to `src`. `None` when `from` is not inside an objective body or the rest parses.
-fn next_stmt_error(src: &str, file: FileId, at: usize, from: usize) -> Option<Diagnostic> {
-    let item = item_start_before(src, from)?;
-    let rest = src.get(item..)?;
-    if !rest.starts_with("objective ") {
-        return None;
-    }
-    let body = item + rest.find('{')?;
-    if from <= body {
-        return None;
-    }
-    let end = next_item_start(src, from).unwrap_or(src.len());
-    // An error reported at a statement keyword that begins its line (the statement before it
-    // was incomplete) leaves that statement to check; otherwise start at the next one.
-    let line = src.get(..at)?.rfind('\n').map_or(0, |n| n + 1);
-    let stmt = if src.get(line..at)?.trim().is_empty() && starts_stmt(src.get(at..)?) {
-        at
-    } else {
-        next_stmt_start(src, from, end)?
-    };
-    const HEAD: &str = "objective __recover() {\n";
-    let text = format!("{HEAD}{}", src.get(stmt..end)?);
-    let e = pest_parse(&text).err()?;
-    let mut d = crate::perror::convert(&text, file, &e);
-    let shift = |x: u32| ((x as usize).saturating_sub(HEAD.len()) + stmt).min(src.len()) as u32;
-    for l in &mut d.labels {
-        l.span.start = shift(l.span.start);
-        l.span.end = shift(l.span.end);
-    }
-    // At or past the item's end it is the item's own unclosed brace, already reported; and
-    // every new error must come after the last one.
-    let p = d.primary_span()?.start as usize;
-    (p < end && p > at).then_some(d)
-}
-
-/// The start of the `fn`/`objective`/`use` line of the item that contains `pos`: the last item
-/// start at or before it (one scan, as [`next_item_start`] finds them).
-fn item_start_before(src: &str, pos: usize) -> Option<usize> {
-    let is_header = |i: usize| {
-        ["fn ", "objective ", "use "]
-            .iter()
-            .any(|k| src.get(i..).is_some_and(|r| r.starts_with(k)))
-    };
-    let mut best = is_header(0).then_some(0);
-    let bytes = src.as_bytes();
-    let (mut depth, mut i, mut line_start) = (0i64, 0usize, true);
-    while i < bytes.len() && i <= pos {
-        if line_start && depth == 0 && is_header(i) {
-            best = Some(i);
-        }
-        line_start = false;
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                i = src[i..].find('\n').map(|n| i + n).unwrap_or(src.len());
-                continue;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = src[i + 2..].find("*/").map(|n| i + 2 + n + 2)?;
-                continue;
-            }
-            b'{' => depth += 1,
-            b'}' => depth -= 1,
-            b'\n' => line_start = true,
-            _ => {}
-        }
-        i += 1;
-    }
-    best
-}
-
-fn starts_stmt(t: &str) -> bool {
-    ["let ", "loss ", "metric ", "output ", "input "]
-        .iter()
-        .any(|k| t.starts_with(k))
-}
-
-/// The first line in `from..end` that starts (after indentation) with a statement keyword.
-fn next_stmt_start(src: &str, from: usize, end: usize) -> Option<usize> {
-    let mut i = src.get(from..end)?.find('\n')? + from + 1;
-    while i < end {
-        let line = src.get(i..end)?;
-        let t = line.trim_start();
-        if starts_stmt(t) {
-            return Some(i + (line.len() - t.len()));
-        }
-        i += line.find('\n')? + 1;
-    }
-    None
-}
-
-/// The byte offset of the first line after `from` that starts an item at column 0, outside any
-/// braces and comments.
-fn next_item_start(src: &str, from: usize) -> Option<usize> {
-    let bytes = src.as_bytes();
-    let mut depth = 0i64;
-    let mut i = 0;
-    let mut line_start = true;
-    while i < bytes.len() {
-        if line_start && i > from && depth == 0 {
-            let line = &src[i..];
-            if ["fn ", "objective ", "use ", "///"]
-                .iter()
-                .any(|k| line.starts_with(k))
-            {
-                return Some(i);
-            }
-        }
-        line_start = false;
-        match bytes[i] {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                i = src[i..].find('\n').map(|n| i + n).unwrap_or(src.len());
-                continue;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = src[i + 2..].find("*/").map(|n| i + 2 + n + 2)?;
-                continue;
-            }
-            b'{' => depth += 1,
-            b'}' => depth -= 1,
-            b'\n' => line_start = true,
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 struct Builder<'s> {
