@@ -458,7 +458,7 @@ impl ShardPlan {
             grads: m
                 .grads
                 .iter()
-                .map(|g| zeros(input_level(m, g.input)))
+                .map(|g| zeros(split_plan::input_level(m, g.input)))
                 .collect(),
             metrics: self.combine_metrics(&per_rank),
             outputs: m.outputs.iter().map(|o| zeros(m.level(o.value))).collect(),
@@ -499,7 +499,7 @@ impl ShardPlan {
                 Ok(())
             };
             for ((g, acc), v) in m.grads.iter().zip(&mut out.grads).zip(&ev.grads) {
-                place(acc, v, input_level(m, g.input), false)?;
+                place(acc, v, split_plan::input_level(m, g.input), false)?;
             }
             for (((o, acc), v), how) in m
                 .outputs
@@ -555,13 +555,6 @@ impl ShardPlan {
         }
         Ok(b)
     }
-}
-
-fn input_level(m: &Module, i: u32) -> Level {
-    m.inputs
-        .get(i as usize)
-        .map(|x| x.ty.level)
-        .unwrap_or(Level::Batch)
 }
 
 /// Round of each leaf: 0 if no other leaf is below it, else one more than the deepest below.

@@ -188,7 +188,7 @@ impl Plan {
         let grads: Vec<Merge> = m
             .grads
             .iter()
-            .map(|g| split_plan::grad_merge(input_level(m, g.input)))
+            .map(|g| split_plan::grad_merge(split_plan::input_level(m, g.input)))
             .collect();
         let metrics: Vec<Merge> = sp.metrics.into_iter().map(Merge::of).collect();
         let outputs: Vec<Merge> = sp.outputs.into_iter().map(Merge::of).collect();
@@ -262,7 +262,7 @@ impl Plan {
             grads: m
                 .grads
                 .iter()
-                .map(|g| zeros(input_level(m, g.input)))
+                .map(|g| zeros(split_plan::input_level(m, g.input)))
                 .collect(),
             metrics: vec![0.0; m.metrics.len()],
             outputs: m.outputs.iter().map(|o| zeros(m.level(o.value))).collect(),
@@ -276,7 +276,7 @@ impl Plan {
                 .zip(&mut out.grads)
                 .zip(r.grads.iter().zip(&self.grads))
             {
-                merge_into(acc, v, input_level(m, g.input), how, layout, p)?;
+                merge_into(acc, v, split_plan::input_level(m, g.input), how, layout, p)?;
             }
             for (i, &how) in self.metrics.iter().enumerate() {
                 let v = r.metrics.get(i).copied().unwrap_or(0.0);
@@ -310,13 +310,6 @@ impl Plan {
         }
         Ok(out)
     }
-}
-
-fn input_level(m: &rlo_compiler::ir::Module, i: u32) -> Level {
-    m.inputs
-        .get(i as usize)
-        .map(|x| x.ty.level)
-        .unwrap_or(Level::Batch)
 }
 
 /// Evaluates `batch` as parts of `sizes` sequences and combines the parts' results

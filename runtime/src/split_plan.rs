@@ -66,6 +66,14 @@ pub fn refusal(m: &Module, sp: &Splittability) -> Option<Diagnostic> {
     )
 }
 
+/// The level of input `i` of `m` (batch for an unknown index).
+pub fn input_level(m: &Module, i: u32) -> Level {
+    m.inputs
+        .get(i as usize)
+        .map(|x| x.ty.level)
+        .unwrap_or(Level::Batch)
+}
+
 /// How the gradient of an input combines: per element below `group`, summed above.
 pub fn grad_merge(level: Level) -> Merge {
     if level <= Level::Seq {

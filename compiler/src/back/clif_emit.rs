@@ -592,13 +592,35 @@ impl Fx<'_, '_, '_> {
         }
     }
 
-    /// `for i in start..end { body(i) }` (`rev`: from `end - 1` down to `start`).
+    /// `for i in start..end { body(i) }` (`rev`: from `end - 1` down to `start`); the body also
+    /// gets whether `i` is the first element visited.
     pub(crate) fn for_range(
         &mut self,
         start: Value,
         end: Value,
         rev: bool,
         body: &mut dyn FnMut(&mut Self, Value, Value) -> R<()>,
+    ) -> R<()> {
+        self.counted_loop(start, end, 1, &mut |fx, j| {
+            let i = if rev {
+                let se = fx.b.ins().iadd(start, end);
+                let se1 = fx.b.ins().iadd_imm_s(se, -1);
+                fx.b.ins().isub(se1, j)
+            } else {
+                j
+            };
+            let first = fx.b.ins().icmp(IntCC::Equal, j, start);
+            body(fx, i, first)
+        })
+    }
+
+    /// `for (j = start; j < end; j += step) body(j)`.
+    pub(crate) fn counted_loop(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self, Value) -> R<()>,
     ) -> R<()> {
         let header = self.b.create_block();
         let j = self.b.append_block_param(header, types::I64);
@@ -610,16 +632,8 @@ impl Fx<'_, '_, '_> {
         self.b.ins().brif(cmp, blk, &[], exit, &[]);
         self.b.switch_to_block(blk);
         self.b.seal_block(blk);
-        let i = if rev {
-            let se = self.b.ins().iadd(start, end);
-            let se1 = self.b.ins().iadd_imm_s(se, -1);
-            self.b.ins().isub(se1, j)
-        } else {
-            j
-        };
-        let first = self.b.ins().icmp(IntCC::Equal, j, start);
-        body(self, i, first)?;
-        let next = self.b.ins().iadd_imm_s(j, 1);
+        body(self, j)?;
+        let next = self.b.ins().iadd_imm_s(j, step);
         self.b.ins().jump(header, &[BlockArg::Value(next)]);
         self.b.seal_block(header);
         self.b.switch_to_block(exit);
@@ -706,95 +720,5 @@ impl Fx<'_, '_, '_> {
             ReduceOp::Max => self.b.ins().fmax(acc, x),
             ReduceOp::Min => self.b.ins().fmin(acc, x),
         }
-    }
-
-    /// A reduction as a serial loop over the elements of its argument (or, for `combine`, over
-    /// the per-sequence partials of a token pass), in packed order.
-    pub(crate) fn small_reduce(&mut self, h: H, combine: bool) -> R<()> {
-        let m = self.e.m;
-        let Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter,
-        } = *ex(m, h)
-        else {
-            return Err(BackendError::at(m, h, "not a reduction"));
-        };
-        if !combine && self.fast_reduce(h)? {
-            return Ok(());
-        }
-        let out = self.node_buf(h)?;
-        let cnt = self.e.plan.count.get(&h).copied();
-        let partial = self.e.plan.partial.get(&h).copied();
-        self.for_level(to, &mut |fx, i, _| {
-            let v = fx.init_of(op);
-            fx.store_elem(out, i, v);
-            if let Some(cb) = cnt {
-                let z = fx.fconst(0.0);
-                fx.store_elem(cb, i, z);
-            }
-            Ok(())
-        })?;
-        let from = if combine { Level::Seq } else { m.level(arg) };
-        self.for_level(from, &mut |fx, i, _| {
-            let mut c = Ctx::at(from, i);
-            let (x, f) = match (combine, partial) {
-                (true, Some((pb, pc))) => {
-                    let x = fx.load_elem(pb, i);
-                    let f = match pc {
-                        Some(pc) => {
-                            let n = fx.load_elem(pc, i);
-                            let z = fx.fconst(0.0);
-                            Some(fx.b.ins().fcmp(FloatCC::GreaterThan, n, z))
-                        }
-                        None => None,
-                    };
-                    (x, f)
-                }
-                (true, None) => return Err(BackendError::at(m, h, "missing partials")),
-                (false, _) => {
-                    let x = fx.value(arg, &mut c)?;
-                    let f = match filter {
-                        Some(f) => Some(fx.value(f, &mut c)?),
-                        None => None,
-                    };
-                    (x, f)
-                }
-            };
-            let j = fx.idx(&mut c, to)?;
-            let old = fx.load_elem(out, j);
-            let new = fx.combine(op, old, x);
-            let new = match f {
-                Some(f) => fx.b.ins().select(f, new, old),
-                None => new,
-            };
-            fx.store_elem(out, j, new);
-            if let Some(cb) = cnt {
-                let n = fx.load_elem(cb, j);
-                let one = match f {
-                    Some(f) => fx.bool_to_t(f),
-                    None => fx.fconst(1.0),
-                };
-                let n1 = fx.b.ins().fadd(n, one);
-                fx.store_elem(cb, j, n1);
-            }
-            Ok(())
-        })?;
-        if let Some(cb) = cnt {
-            self.for_level(to, &mut |fx, i, _| fx.zero_if_empty(out, cb, i))?;
-        }
-        Ok(())
-    }
-
-    /// `out[i] = 0` where `count[i] == 0` (max/min of an empty set).
-    pub(crate) fn zero_if_empty(&mut self, out: usize, cb: usize, i: Value) -> R<()> {
-        let n = self.load_elem(cb, i);
-        let z = self.fconst(0.0);
-        let empty = self.b.ins().fcmp(FloatCC::Equal, n, z);
-        let v = self.load_elem(out, i);
-        let v = self.b.ins().select(empty, z, v);
-        self.store_elem(out, i, v);
-        Ok(())
     }
 }

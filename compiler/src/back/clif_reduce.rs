@@ -1,6 +1,7 @@
-//! Fast forms of serial ("small") reductions for the Cranelift backend: element counts read from
-//! the layout, and token/turn → sequence reductions with the accumulator in a register. Both
-//! give the same values as the generic loop of `Fx::small_reduce` (same order of operations).
+//! Serial ("small") reductions for the Cranelift backend: the generic loop (`small_reduce`), and
+//! its fast forms: element counts read from the layout, and token/turn → sequence reductions with
+//! the accumulator in a register. Both give the same values as the generic loop (same order of
+//! operations).
 
 use super::clif::{BackendError, LAY_SEQ_GROUP};
 use super::clif_emit::{Ctx, Fx, R};
@@ -154,5 +155,97 @@ impl Fx<'_, '_, '_> {
             }
             Ok(())
         })
+    }
+}
+
+impl Fx<'_, '_, '_> {
+    /// A reduction as a serial loop over the elements of its argument (or, for `combine`, over
+    /// the per-sequence partials of a token pass), in packed order.
+    pub(crate) fn small_reduce(&mut self, h: H, combine: bool) -> R<()> {
+        let m = self.e.m;
+        let Expr::Reduce {
+            op,
+            arg,
+            to,
+            filter,
+        } = *ex(m, h)
+        else {
+            return Err(BackendError::at(m, h, "not a reduction"));
+        };
+        if !combine && self.fast_reduce(h)? {
+            return Ok(());
+        }
+        let out = self.node_buf(h)?;
+        let cnt = self.e.plan.count.get(&h).copied();
+        let partial = self.e.plan.partial.get(&h).copied();
+        self.for_level(to, &mut |fx, i, _| {
+            let v = fx.init_of(op);
+            fx.store_elem(out, i, v);
+            if let Some(cb) = cnt {
+                let z = fx.fconst(0.0);
+                fx.store_elem(cb, i, z);
+            }
+            Ok(())
+        })?;
+        let from = if combine { Level::Seq } else { m.level(arg) };
+        self.for_level(from, &mut |fx, i, _| {
+            let mut c = Ctx::at(from, i);
+            let (x, f) = match (combine, partial) {
+                (true, Some((pb, pc))) => {
+                    let x = fx.load_elem(pb, i);
+                    let f = match pc {
+                        Some(pc) => {
+                            let n = fx.load_elem(pc, i);
+                            let z = fx.fconst(0.0);
+                            Some(fx.b.ins().fcmp(FloatCC::GreaterThan, n, z))
+                        }
+                        None => None,
+                    };
+                    (x, f)
+                }
+                (true, None) => return Err(BackendError::at(m, h, "missing partials")),
+                (false, _) => {
+                    let x = fx.value(arg, &mut c)?;
+                    let f = match filter {
+                        Some(f) => Some(fx.value(f, &mut c)?),
+                        None => None,
+                    };
+                    (x, f)
+                }
+            };
+            let j = fx.idx(&mut c, to)?;
+            let old = fx.load_elem(out, j);
+            let new = fx.combine(op, old, x);
+            let new = match f {
+                Some(f) => fx.b.ins().select(f, new, old),
+                None => new,
+            };
+            fx.store_elem(out, j, new);
+            if let Some(cb) = cnt {
+                let n = fx.load_elem(cb, j);
+                let one = match f {
+                    Some(f) => fx.bool_to_t(f),
+                    None => fx.fconst(1.0),
+                };
+                let n1 = fx.b.ins().fadd(n, one);
+                fx.store_elem(cb, j, n1);
+            }
+            Ok(())
+        })?;
+        if let Some(cb) = cnt {
+            self.for_level(to, &mut |fx, i, _| fx.zero_if_empty(out, cb, i))?;
+        }
+        Ok(())
+    }
+
+    /// `out[i] = 0` where `count[i] == 0` (max/min of an empty set).
+    pub(crate) fn zero_if_empty(&mut self, out: usize, cb: usize, i: Value) -> R<()> {
+        let n = self.load_elem(cb, i);
+        let z = self.fconst(0.0);
+        let empty = self.b.ins().fcmp(FloatCC::Equal, n, z);
+        let v = self.load_elem(out, i);
+        let v = self.b.ins().select(empty, z, v);
+        self.store_elem(out, i, v);
+        Ok(())
     }
 }

@@ -31,10 +31,8 @@ use super::clif_sweep::Acc;
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, ReduceOp, UnaryOp};
 use crate::types::Level;
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{
-    types, BlockArg, ConstantData, Endianness, InstBuilder, MemFlagsData, Value,
-};
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::Variable;
 use std::collections::HashMap;
 
@@ -141,7 +139,7 @@ impl Fx<'_, '_, '_> {
             });
             vaccs.insert(h, (acc, vcnt, op));
         }
-        self.for_step4(a, ve, &mut |fx, j| {
+        self.counted_loop(a, ve, 4, &mut |fx, j| {
             let mut c = Ctx::at(Level::Tok, j);
             c.s = Some(s);
             c.g = Some(g);
@@ -212,32 +210,6 @@ impl Fx<'_, '_, '_> {
         Ok(ve)
     }
 
-    /// `for j in (start..end).step_by(4)`, `end − start` a multiple of 4.
-    fn for_step4(
-        &mut self,
-        start: Value,
-        end: Value,
-        body: &mut dyn FnMut(&mut Self, Value) -> R<()>,
-    ) -> R<()> {
-        let header = self.b.create_block();
-        let j = self.b.append_block_param(header, types::I64);
-        let blk = self.b.create_block();
-        let exit = self.b.create_block();
-        self.b.ins().jump(header, &[BlockArg::Value(start)]);
-        self.b.switch_to_block(header);
-        let cmp = self.b.ins().icmp(IntCC::SignedLessThan, j, end);
-        self.b.ins().brif(cmp, blk, &[], exit, &[]);
-        self.b.switch_to_block(blk);
-        self.b.seal_block(blk);
-        body(self, j)?;
-        let next = self.b.ins().iadd_imm_s(j, 4);
-        self.b.ins().jump(header, &[BlockArg::Value(next)]);
-        self.b.seal_block(header);
-        self.b.switch_to_block(exit);
-        self.b.seal_block(exit);
-        Ok(())
-    }
-
     fn splat_f(&mut self, c: f32) -> Value {
         let k = self.b.ins().f32const(c);
         self.b.ins().splat(F4, k)
@@ -260,13 +232,8 @@ impl Fx<'_, '_, '_> {
         self.b.ins().bitselect(mask, a, b)
     }
 
-    /// Address of token `j` of `buf` (4 consecutive values are read or written there).
-    fn vaddr(&mut self, buf: usize, j: Value) -> Value {
-        self.elem_addr(buf, j)
-    }
-
     fn vload(&mut self, buf: usize, j: Value) -> Value {
-        let a = self.vaddr(buf, j);
+        let a = self.elem_addr(buf, j);
         let base = MemFlagsData::new().with_notrap();
         let fl = if self.movable_for(buf) {
             base.with_readonly().with_can_move()
@@ -284,7 +251,7 @@ impl Fx<'_, '_, '_> {
                 v
             };
             self.stored.insert(buf);
-            let a = self.vaddr(buf, j);
+            let a = self.elem_addr(buf, j);
             self.b
                 .ins()
                 .store(MemFlagsData::new().with_notrap(), v, a, 0);
