@@ -59,6 +59,7 @@ fn all_options() -> Vec<CudaOptions> {
                 layout,
                 tok_dtype,
                 sources: None,
+                ..Default::default()
             });
         }
     }
@@ -576,6 +577,7 @@ fn snapshot_source(name: &str) -> Option<String> {
         sources: Some(c.sources.clone()),
         layout: TokLayout::Padded,
         tok_dtype: StorageType::F32,
+        ..Default::default()
     };
     let p = emit(&c.module, &schedule_of(&c), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     Some(p.source)
@@ -735,6 +737,7 @@ fn random_programs_compile_with_nvrtc() {
                 layout: TokLayout::Padded,
                 tok_dtype: StorageType::Bf16,
                 sources: None,
+                ..Default::default()
             }
         };
         match emit(&m, &s, &opts) {

@@ -20,7 +20,9 @@ mod check;
 mod runner;
 
 use check::*;
-use rlo_compiler::back::cuda::{emit, CudaProgram, StorageType, TokLayout};
+use rlo_compiler::back::cuda::{
+    emit, CudaOptions, CudaProgram, Grid, StorageType, TokLayout, FUSED_THREADS,
+};
 use rlo_compiler::Compiled;
 use runner::{EmuLib, Order, RunOpts};
 use std::path::PathBuf;
@@ -333,7 +335,13 @@ fn random_programs_match_the_interpreter() {
         .unwrap_or(240);
     let mut mods = Vec::new();
     let mut programs = Vec::new();
-    for seed in 0..n {
+    let (mut fused, mut recomputed) = (0usize, 0usize);
+    // the first `n` seeds, then seeds whose program fuses passes (rare among random programs:
+    // ≈ 1.5%) until `n / 6` more are found, so fusion gets as many cases as a stdlib
+    let want_fused = n as usize / 6;
+    let mut extra = 0usize;
+    let mut seed = 0u64;
+    while seed < n || (extra < want_fused && seed < n + 200 * n) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let m = rlo_tests::random_module(
             &mut rng,
@@ -343,7 +351,7 @@ fn random_programs_match_the_interpreter() {
             },
         );
         let (m, s) = rlo_tests::compile_module(m).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let layout = if seed % 2 == 0 {
+        let layout = if seed.is_multiple_of(2) {
             TokLayout::Packed
         } else {
             TokLayout::Padded
@@ -353,11 +361,39 @@ fn random_programs_match_the_interpreter() {
             6 => StorageType::F16,
             _ => StorageType::F32,
         };
-        let p = emit(&m, &s, &opts(layout, dtype))
-            .unwrap_or_else(|e| panic!("seed {seed}: CUDA emit failed: {e}"));
+        // every fifth program keeps one kernel per pass and stores what later passes read,
+        // so the plain plan stays tested beside fusion and recomputation
+        let plain = seed % 5 == 4 && seed < n;
+        let o = CudaOptions {
+            disable_fusion: plain,
+            disable_remat: plain,
+            ..opts(layout, dtype)
+        };
+        let p = emit(&m, &s, &o).unwrap_or_else(|e| panic!("seed {seed}: CUDA emit failed: {e}"));
+        let is_fused = p
+            .launches
+            .iter()
+            .any(|l| l.grid == Grid::PerSequence && l.threads == FUSED_THREADS);
+        seed += 1;
+        if seed > n {
+            if !is_fused {
+                continue;
+            }
+            extra += 1;
+        }
+        fused += usize::from(is_fused);
+        recomputed += usize::from(p.source.contains("/* recomputed */"));
         programs.push(p);
         mods.push((m, s, rng));
     }
+    eprintln!(
+        "random programs: {} ({fused} with fused passes, searched {seed} seeds), {recomputed} recompute token values",
+        programs.len()
+    );
+    assert!(
+        fused >= want_fused && recomputed * 20 >= n as usize,
+        "too few programs exercise fusion ({fused}) or recomputation ({recomputed})"
+    );
     let per_lib = 60;
     let (libs, gpp) = build_all(&programs, per_lib);
     let t_built = t0.elapsed().as_secs_f64();
@@ -431,13 +467,15 @@ fn random_programs_match_the_interpreter() {
         }
     }
     eprintln!(
-        "cuda emulator: {n} random programs, {runs} runs; g++ {gpp:.1} s (cpu), built after {t_built:.1} s, total {:.1} s; {via_cpu} agree with the f32 cpu backend only, {flipped} with a tie decided otherwise in f32",
+        "cuda emulator: {} random programs, {runs} runs; g++ {gpp:.1} s (cpu), built after {t_built:.1} s, total {:.1} s; {via_cpu} agree with the f32 cpu backend only, {flipped} with a tie decided otherwise in f32",
+        programs.len(),
         t0.elapsed().as_secs_f64()
     );
     assert!(
         failures.is_empty(),
-        "{} of {n} programs disagree:\n{}",
+        "{} of {} programs disagree:\n{}",
         failures.len(),
+        programs.len(),
         failures.join("\n")
     );
     assert!(

@@ -127,6 +127,7 @@ fn nvrtc_compiles_the_programs_the_cuda_loss_emits() {
                     layout,
                     tok_dtype,
                     sources: Some(c.sources.clone()),
+                    ..Default::default()
                 };
                 let p = emit(&c.module, &c.schedule, &opts).unwrap();
                 let src = rlo_runtime::cuda::full_source(&p);

@@ -209,6 +209,7 @@ impl CudaLoss {
             layout: key.0,
             tok_dtype: key.1,
             sources: Some(c.sources.clone()),
+            ..Default::default()
         };
         let p = CudaObjective::from_compiled(&self.dev, c, &opts)?;
         self.programs.push((key, p));

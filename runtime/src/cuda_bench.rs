@@ -124,6 +124,7 @@ fn run() -> Result<(), RuntimeError> {
                 layout: TokLayout::Padded,
                 tok_dtype: dtype,
                 sources: None,
+                ..Default::default()
             };
             // cold: parse -> IR -> schedule -> CUDA -> NVRTC -> loaded module
             dev.clear_modules();

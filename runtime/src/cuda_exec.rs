@@ -8,7 +8,7 @@ use cudarc::driver::{
 };
 use rlo_compiler::back::cuda::{
     emit, CudaOptions, CudaProgram, Grid, Slot, StorageType, TokLayout, CTX_HEADER_WORDS,
-    CTX_MAX_WORDS, PASS_THREADS, SMALL_THREADS,
+    CTX_MAX_WORDS,
 };
 use rlo_compiler::{Batch, Compiled, Evaluation, Layout, Level};
 
@@ -340,11 +340,24 @@ impl Workspace {
     }
 }
 
+/// Threads per block of a launch: the program's, or for token passes `RLO_CUDA_PASS_THREADS`
+/// when set to a smaller multiple of 32 (for tuning; the kernels read `blockDim`).
+fn pass_threads(grid: Grid, threads: u32) -> u32 {
+    let env = std::env::var("RLO_CUDA_PASS_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match (grid, env) {
+        (Grid::PerSequence, Some(t)) if t >= 32 && t % 32 == 0 && t <= threads => t,
+        _ => threads,
+    }
+}
+
 /// A program loaded on a device, ready to launch.
 pub struct CudaObjective {
     pub program: CudaProgram,
     module: Arc<cudarc::driver::CudaModule>,
-    functions: Vec<(CudaFunction, Grid)>,
+    /// Each launch's function, grid and threads per block.
+    functions: Vec<(CudaFunction, Grid, u32)>,
     /// NVRTC ran when loading (false: memory or disk cache).
     pub compiled_now: bool,
 }
@@ -357,7 +370,7 @@ impl CudaObjective {
             let f = module
                 .load_function(&l.kernel)
                 .map_err(drv("load function"))?;
-            functions.push((f, l.grid));
+            functions.push((f, l.grid, pass_threads(l.grid, l.threads)));
         }
         Ok(CudaObjective {
             program,
@@ -475,18 +488,14 @@ impl CudaObjective {
         }
         let ctx = CtxArg(w);
         let seq_blocks = lay.n_seqs.clamp(1, 1 << 20) as u32;
-        for (f, grid) in &self.functions {
-            let cfg = match grid {
-                Grid::PerSequence => LaunchConfig {
-                    grid_dim: (seq_blocks, 1, 1),
-                    block_dim: (PASS_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
+        for (f, grid, threads) in &self.functions {
+            let cfg = LaunchConfig {
+                grid_dim: match grid {
+                    Grid::PerSequence => (seq_blocks, 1, 1),
+                    Grid::Single => (1, 1, 1),
                 },
-                Grid::Single => LaunchConfig {
-                    grid_dim: (1, 1, 1),
-                    block_dim: (SMALL_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                },
+                block_dim: (*threads, 1, 1),
+                shared_mem_bytes: 0,
             };
             let mut b = stream.launch_builder(f);
             b.arg(&ctx);
@@ -519,6 +528,7 @@ pub fn evaluate(c: &Compiled, batch: &Batch, params: &[f64]) -> Result<Evaluatio
         layout: TokLayout::Packed,
         tok_dtype: StorageType::F32,
         sources: Some(c.sources.clone()),
+        ..Default::default()
     };
     let obj = CudaObjective::from_compiled(dev, c, &opts)?;
     let stream = &dev.stream;

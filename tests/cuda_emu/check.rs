@@ -12,6 +12,7 @@ pub fn opts(layout: TokLayout, tok_dtype: StorageType) -> CudaOptions {
         layout,
         tok_dtype,
         sources: None,
+        ..Default::default()
     }
 }
 

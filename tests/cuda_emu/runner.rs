@@ -16,7 +16,6 @@ use std::process::Command;
 
 use rlo_compiler::back::cuda::{
     CudaProgram, Grid, RootLoc, Slot, StorageType, TokLayout, CTX_HEADER_WORDS, CTX_MAX_WORDS,
-    PASS_THREADS, SMALL_THREADS,
 };
 use rlo_compiler::{Batch, DType, Evaluation, Level, Module};
 use rlo_runtime::cuda::{HostLayout, COMMON_CUH};
@@ -338,10 +337,10 @@ pub struct RunOpts {
     pub null_tok_turn: bool,
     /// Padded layout: `T` = longest sequence + this.
     pub extra_pad: usize,
-    /// Threads per block of `Grid::PerSequence` and `Grid::Single` launches: the runtime's
-    /// [`PASS_THREADS`] and [`SMALL_THREADS`], or any smaller multiple of 32 (the kernels read
-    /// `blockDim`; small blocks run faster here and exercise the block-stride loops with small
-    /// batches).
+    /// At most this many threads per block of `Grid::PerSequence` and `Grid::Single` launches
+    /// (default: no cap, each launch's own `threads`, as the runtime). A multiple of 32: the
+    /// kernels read `blockDim`; small blocks run faster here and exercise the block-stride loops
+    /// with small batches.
     pub pass_threads: u32,
     pub small_threads: u32,
 }
@@ -353,8 +352,8 @@ impl Default for RunOpts {
             seed: 1,
             null_tok_turn: false,
             extra_pad: 3,
-            pass_threads: PASS_THREADS,
-            small_threads: SMALL_THREADS,
+            pass_threads: u32::MAX,
+            small_threads: u32::MAX,
         }
     }
 }
@@ -520,8 +519,8 @@ pub fn run(
     for _ in 0..2 {
         for (k, ln) in p.launches.iter().enumerate() {
             let (grid, block) = match ln.grid {
-                Grid::PerSequence => (b.clamp(1, 1 << 20) as u32, o.pass_threads),
-                Grid::Single => (1, o.small_threads),
+                Grid::PerSequence => (b.clamp(1, 1 << 20) as u32, ln.threads.min(o.pass_threads)),
+                Grid::Single => (1, ln.threads.min(o.small_threads)),
             };
             let mut err = vec![0u8; 1024];
             // SAFETY: `w` holds the RloCtx of this program (size checked above): pointers into

@@ -35,11 +35,17 @@
 use crate::arena::{Handle, HandleVec};
 use crate::ir::{Expr, Module, ReduceOp};
 use crate::schedule::{Schedule, StageKind};
-use crate::types::{DType, Level};
+use crate::types::Level;
 use rlo_grammar::SourceMap;
 
 #[path = "cuda_emit.rs"]
 mod emit_kernels;
+#[path = "cuda_fuse.rs"]
+mod fuse;
+pub use fuse::REMAT_MAX_NODES;
+#[path = "cuda_traffic.rs"]
+mod traffic;
+pub use traffic::{ArrayUse, KernelTraffic, SweepTraffic, Traffic};
 
 pub use super::BackendError;
 
@@ -92,25 +98,36 @@ pub struct CudaOptions {
     pub tok_dtype: StorageType,
     /// When given, every computed node gets a `/* e42: file.rlo:12:7 */` comment.
     pub sources: Option<SourceMap>,
+    /// Keep every token pass in its own kernel (see `cuda_fuse.rs`; for comparisons).
+    pub disable_fusion: bool,
+    /// Store every token value a later kernel reads instead of recomputing it (for comparisons).
+    pub disable_remat: bool,
 }
 
 /// How many blocks a kernel is launched with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grid {
-    /// One block of [`PASS_THREADS`] threads per sequence (the runtime may cap the grid; the
-    /// kernel loops over sequences).
+    /// One block per sequence (the runtime may cap the grid; the kernel loops over sequences).
     PerSequence,
-    /// One block of [`SMALL_THREADS`] threads.
+    /// One block.
     Single,
 }
 
+/// Threads per block of a token pass.
 pub const PASS_THREADS: u32 = 256;
+/// Threads per block of fused token passes: fewer, larger blocks resident at once keep the
+/// sequences being swept small enough for L2 to serve the second sweep (132 SMs × 2 blocks ×
+/// 8192 tokens × 12 bytes ≈ 26 MB, against the H100's 50 MB L2).
+pub const FUSED_THREADS: u32 = 1024;
+/// Threads of the one-block kernels.
 pub const SMALL_THREADS: u32 = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
     pub kernel: String,
     pub grid: Grid,
+    /// Threads per block (the kernel's `__launch_bounds__`; any smaller multiple of 32 works).
+    pub threads: u32,
 }
 
 /// One pointer of the kernel argument.
@@ -147,6 +164,8 @@ pub struct CudaProgram {
     pub metrics: Vec<RootLoc>,
     pub grads: Vec<RootLoc>,
     pub outputs: Vec<RootLoc>,
+    /// Global-memory traffic per valid token of the token loops (also at the end of `source`).
+    pub traffic: Traffic,
 }
 
 impl CudaProgram {
@@ -201,6 +220,9 @@ pub(crate) enum Role {
         sweep: usize,
         fin: Option<usize>,
     },
+    /// A `seq` value computed by every thread of fused pass `kernel` before sweep `sweep`, from
+    /// the sequence's reductions of earlier sweeps (see `cuda_fuse.rs`).
+    SeqLocal { kernel: usize, sweep: usize },
     /// A statement of a one-block kernel (fin, small, out).
     Stmt { kernel: usize },
 }
@@ -212,6 +234,10 @@ pub(crate) struct KernelPlan {
     /// Nodes of the kernel in arena order (pass: body and accumulators; others: statements).
     pub nodes: Vec<Handle<Expr>>,
     pub sweeps: usize,
+    /// The schedule stages whose token passes this kernel runs as its sweeps (≥ 2: fused).
+    pub fused: Vec<usize>,
+    /// Threads per block.
+    pub threads: u32,
 }
 
 /// The analysis every emitter function reads.
@@ -226,6 +252,10 @@ pub(crate) struct Plan<'a> {
     pub kernels: Vec<KernelPlan>,
     /// Coarse nodes recomputed per sequence in a pass (before its sweeps), per kernel.
     pub prologue: Vec<Vec<Handle<Expr>>>,
+    /// Token nodes a later kernel or sweep recomputes instead of reading them from a buffer.
+    pub remat: HandleVec<Expr, bool>,
+    /// `seq` reductions of a fused pass finished right after their sweep (read by a later one).
+    pub early: HandleVec<Expr, bool>,
 }
 
 pub(crate) fn err(m: &Module, h: Handle<Expr>, msg: impl Into<String>) -> BackendError {
@@ -275,21 +305,37 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
                 KernelKind::Pass => Grid::PerSequence,
                 KernelKind::Fin | KernelKind::Small => Grid::Single,
             },
+            threads: k.threads,
         })
         .collect::<Vec<_>>();
     let mut launches = launches;
-    let out_kernel = format!("rlo_{ident}_out");
-    if out.contains(&format!(" {out_kernel}(")) {
-        launches.push(Launch {
-            kernel: out_kernel,
-            grid: Grid::Single,
-        });
+    for (suffix, grid, threads) in [
+        ("out_tok", Grid::PerSequence, PASS_THREADS),
+        ("out", Grid::Single, SMALL_THREADS),
+    ] {
+        let kernel = format!("rlo_{ident}_{suffix}");
+        if out.contains(&format!(" {kernel}(")) {
+            launches.push(Launch {
+                kernel,
+                grid,
+                threads,
+            });
+        }
     }
     let mut roots = roots.into_iter();
     let loss = roots.next().ok_or_else(|| err(m, m.loss, "no loss root"))?;
     let metrics = roots.by_ref().take(m.metrics.len()).collect();
-    let grads = roots.by_ref().take(m.grads.len()).collect();
-    let outputs = roots.collect();
+    let grads: Vec<RootLoc> = roots.by_ref().take(m.grads.len()).collect();
+    let outputs: Vec<RootLoc> = roots.collect();
+    let traffic = traffic::of_program(
+        m,
+        opts,
+        &out,
+        &launches,
+        &slots,
+        grads.iter().chain(&outputs),
+    );
+    out.push_str(&format!("// traffic model: {}\n", traffic.summary()));
     Ok(CudaProgram {
         ident,
         source: out,
@@ -302,6 +348,7 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
         metrics,
         grads,
         outputs,
+        traffic,
     })
 }
 
@@ -342,82 +389,33 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
     let mut role: HandleVec<Expr, Role> = HandleVec::new(n, Role::None);
     let mut kernels: Vec<KernelPlan> = Vec::new();
     let ident = ident_of(&m.name);
-    for (k, stage) in s.stages.iter().enumerate() {
-        let computed: Vec<Handle<Expr>> = stage
-            .nodes
-            .iter()
-            .copied()
-            .filter(|&h| h.index() < n && canon[h] == h && !is_inline(&m.exprs[h]))
-            .collect();
-        match stage.kind {
-            StageKind::TokenPass => {
-                let pk = kernels.len();
-                let mut body = Vec::new();
-                let mut fin = Vec::new();
-                for &h in &computed {
-                    let tok_acc = matches!(m.exprs[h], Expr::Reduce { arg, .. } if m.level(arg) == Level::Tok);
-                    if m.level(h) == Level::Tok {
-                        body.push(h);
-                    } else if tok_acc {
-                        body.push(h);
-                        if m.level(h) > Level::Seq {
-                            fin.push(h);
-                        }
-                    } else {
-                        fin.push(h);
-                    }
-                }
-                let fk = if fin.is_empty() { None } else { Some(pk + 1) };
-                for &h in &body {
-                    role[h] = if m.level(h) == Level::Tok {
-                        Role::Tok {
-                            kernel: pk,
-                            sweep: 0,
-                        }
-                    } else {
-                        Role::Acc {
-                            kernel: pk,
-                            sweep: 0,
-                            fin: fk,
-                        }
-                    };
-                }
-                kernels.push(KernelPlan {
-                    name: format!("rlo_{ident}_p{k}"),
-                    kind: KernelKind::Pass,
-                    stage: k,
-                    nodes: body,
-                    sweeps: 1,
-                });
-                if let Some(fk) = fk {
-                    for &h in &fin {
-                        if !matches!(role[h], Role::Acc { .. }) {
-                            role[h] = Role::Stmt { kernel: fk };
-                        }
-                    }
-                    kernels.push(KernelPlan {
-                        name: format!("rlo_{ident}_p{k}_fin"),
-                        kind: KernelKind::Fin,
-                        stage: k,
-                        nodes: fin,
-                        sweeps: 0,
-                    });
-                }
-            }
-            StageKind::Small => {
-                let sk = kernels.len();
-                for &h in &computed {
-                    role[h] = Role::Stmt { kernel: sk };
-                }
-                kernels.push(KernelPlan {
-                    name: format!("rlo_{ident}_s{k}"),
-                    kind: KernelKind::Small,
-                    stage: k,
-                    nodes: computed,
-                    sweeps: 0,
-                });
-            }
+    let fusions = if opts.disable_fusion {
+        Vec::new()
+    } else {
+        fuse::fusions(m, s, &canon)
+    };
+    let mut k = 0;
+    while k < s.stages.len() {
+        if let Some(f) = fusions.iter().find(|f| f.passes.first() == Some(&k)) {
+            fuse::add_passes(m, s, &canon, f, &ident, &mut role, &mut kernels);
+            k = f.passes.last().map_or(k, |&l| l) + 1;
+            continue;
         }
+        let stage = &s.stages[k];
+        let computed = fuse::computed(m, &canon, stage);
+        match stage.kind {
+            StageKind::TokenPass if computed.is_empty() => {}
+            StageKind::TokenPass => {
+                let f = fuse::Fusion {
+                    passes: vec![k],
+                    mids: vec![None],
+                    seq_local: vec![Vec::new()],
+                };
+                fuse::add_passes(m, s, &canon, &f, &ident, &mut role, &mut kernels);
+            }
+            StageKind::Small => fuse::add_small(&ident, k, computed, &mut role, &mut kernels),
+        }
+        k += 1;
     }
     let mut p = Plan {
         m,
@@ -427,6 +425,8 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         stored: HandleVec::new(n, false),
         tok_root: HandleVec::new(n, false),
         prologue: Vec::new(),
+        remat: HandleVec::new(n, false),
+        early: HandleVec::new(n, false),
         kernels,
     };
     check_and_mark(&mut p)?;
@@ -437,7 +437,9 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
 pub(crate) fn ready_kernel(r: Role) -> Option<usize> {
     match r {
         Role::None => None,
-        Role::Tok { kernel, .. } | Role::Stmt { kernel } => Some(kernel),
+        Role::Tok { kernel, .. } | Role::Stmt { kernel } | Role::SeqLocal { kernel, .. } => {
+            Some(kernel)
+        }
         Role::Acc { kernel, fin, .. } => Some(fin.unwrap_or(kernel)),
     }
 }
@@ -448,6 +450,8 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
     let m = p.m;
     let nk = p.kernels.len();
     let mut prologue: Vec<Vec<Handle<Expr>>> = vec![Vec::new(); nk];
+    // token values read by a later kernel or sweep (and the reading kernel): stored or recomputed
+    let mut reads: Vec<(Handle<Expr>, usize)> = Vec::new();
     // depends on an accumulator of its own pass (coarse nodes only)
     let mut after_acc: HandleVec<Expr, bool> = HandleVec::new(m.exprs.len(), false);
     for (h, e) in m.exprs.iter() {
@@ -469,7 +473,13 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                         }
                     );
                 let needs_all = matches!(e, Expr::Rank { .. } | Expr::PosReduce { .. });
-                let mut sweep = 0usize;
+                // the first sweep of its pass (fused kernels: the pass's index)
+                let base = match p.role[h] {
+                    Role::Tok { sweep, .. } | Role::Acc { sweep, .. } => sweep,
+                    Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => 0,
+                };
+                let fused = p.kernels.get(kernel).is_some_and(|k| !k.fused.is_empty());
+                let mut sweep = base;
                 let mut body_op = false;
                 for &o in &ops {
                     match p.role[o] {
@@ -487,12 +497,31 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                                 p.stored[o] = true;
                             }
                         }
-                        Role::Acc { kernel: ko, .. } if ko == kernel => {
-                            return Err(err(
-                                m,
-                                h,
-                                "reads a reduction of its own pass (schedule error)",
-                            ));
+                        Role::Acc {
+                            kernel: ko,
+                            sweep: so,
+                            ..
+                        } if ko == kernel => {
+                            if !(fused && so < base && m.level(o) == Level::Seq) {
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a reduction of its own pass (schedule error)",
+                                ));
+                            }
+                            p.early[o] = true;
+                        }
+                        Role::SeqLocal {
+                            kernel: ko,
+                            sweep: so,
+                        } if ko == kernel => {
+                            if so > base {
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a per-sequence value of a later sweep",
+                                ));
+                            }
                         }
                         Role::Stmt { kernel: ko }
                             if ko == kernel + 1
@@ -508,7 +537,10 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                             }
                             add_prologue(p, &mut prologue, kernel, o)?;
                         }
-                        r @ (Role::Tok { .. } | Role::Acc { .. } | Role::Stmt { .. }) => {
+                        r @ (Role::Tok { .. }
+                        | Role::Acc { .. }
+                        | Role::SeqLocal { .. }
+                        | Role::Stmt { .. }) => {
                             let ko = ready_kernel(r).unwrap_or(usize::MAX);
                             if ko >= kernel {
                                 return Err(err(
@@ -517,7 +549,11 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                                     "reads a value computed later (schedule error)",
                                 ));
                             }
-                            p.stored[o] = true;
+                            if matches!(r, Role::Tok { .. }) && !is_scan {
+                                reads.push((o, kernel));
+                            } else {
+                                p.stored[o] = true;
+                            }
                         }
                     }
                 }
@@ -526,7 +562,7 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                 }
                 match &mut p.role[h] {
                     Role::Tok { sweep: s, .. } | Role::Acc { sweep: s, .. } => *s = sweep,
-                    Role::None | Role::Stmt { .. } => {}
+                    Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => {}
                 }
                 if is_scan {
                     p.stored[h] = true;
@@ -541,12 +577,43 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                     p.stored[h] = true;
                 }
             }
+            Role::SeqLocal { kernel, sweep } => {
+                for &o in &ops {
+                    match p.role[o] {
+                        Role::None => {}
+                        Role::Acc {
+                            kernel: ko,
+                            sweep: so,
+                            ..
+                        } if ko == kernel && so < sweep && m.level(o) == Level::Seq => {
+                            p.early[o] = true;
+                        }
+                        Role::SeqLocal { kernel: ko, .. } if ko == kernel && o < h => {}
+                        r @ (Role::Tok { .. }
+                        | Role::Acc { .. }
+                        | Role::SeqLocal { .. }
+                        | Role::Stmt { .. }) => {
+                            if ready_kernel(r).is_none_or(|ko| ko >= kernel) {
+                                return Err(err(
+                                    m,
+                                    h,
+                                    "reads a value computed later (fusion error)",
+                                ));
+                            }
+                            p.stored[o] = true;
+                        }
+                    }
+                }
+            }
             Role::Stmt { kernel } => {
                 p.stored[h] = true;
                 for &o in &ops {
                     match p.role[o] {
                         Role::None => {}
-                        r @ (Role::Tok { .. } | Role::Acc { .. } | Role::Stmt { .. }) => {
+                        r @ (Role::Tok { .. }
+                        | Role::Acc { .. }
+                        | Role::SeqLocal { .. }
+                        | Role::Stmt { .. }) => {
                             let ko = ready_kernel(r).unwrap_or(usize::MAX);
                             let same_ok = ko == kernel && o < h;
                             if ko > kernel || (ko == kernel && !same_ok) {
@@ -565,17 +632,30 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
             }
         }
     }
-    // a body node read in a later sweep of its pass must be stored
+    // a body node read in a later sweep of its pass is stored or recomputed (scans read
+    // buffers)
     for (h, e) in m.exprs.iter() {
         let (kh, sh) = match p.role[h] {
             Role::Tok { kernel, sweep } | Role::Acc { kernel, sweep, .. } => (kernel, sweep),
-            Role::None | Role::Stmt { .. } => continue,
+            Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => continue,
         };
+        let scan_like = matches!(
+            e,
+            Expr::Scan { .. }
+                | Expr::Reduce {
+                    to: Level::Turn,
+                    ..
+                }
+        );
         for o in e.operands() {
             let o = p.canon[o];
             if let Role::Tok { kernel, sweep } = p.role[o] {
                 if kernel == kh && sweep < sh {
-                    p.stored[o] = true;
+                    if scan_like {
+                        p.stored[o] = true;
+                    } else {
+                        reads.push((o, kh));
+                    }
                 }
             }
         }
@@ -596,11 +676,12 @@ fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
             return Err(err(m, r, "a root is not in the schedule (schedule error)"));
         }
     }
+    fuse::resolve_reads(p, &reads);
     p.prologue = prologue;
     Ok(())
 }
 
-fn elementwise(e: &Expr) -> bool {
+pub(crate) fn elementwise(e: &Expr) -> bool {
     matches!(
         e,
         Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. }
@@ -700,32 +781,4 @@ fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> 
         });
     }
     Ok((slots, roots))
-}
-
-/// Writes `x` as a C float literal.
-pub(crate) fn f32_lit(x: f64) -> String {
-    let f = x as f32;
-    if f.is_nan() {
-        "RLO_NAN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 {
-            "RLO_INF".into()
-        } else {
-            "(-RLO_INF)".into()
-        }
-    } else {
-        let mut s = format!("{f:?}");
-        if !s.contains('.') && !s.contains('e') && !s.contains("inf") {
-            s.push_str(".0");
-        }
-        if f < 0.0 {
-            format!("({s}f)")
-        } else {
-            format!("{s}f")
-        }
-    }
-}
-
-pub(crate) fn dtype_is_bool(m: &Module, h: Handle<Expr>) -> bool {
-    m.ty(h).dtype == DType::Bool
 }

@@ -6,8 +6,8 @@
 
 use super::BackendError;
 use super::{
-    comment_text, dtype_is_bool, err, f32_lit, is_inline, root_handles, KernelKind, KernelPlan,
-    Plan, Role, RootLoc, Slot, StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
+    comment_text, err, is_inline, root_handles, KernelKind, KernelPlan, Plan, Role, RootLoc, Slot,
+    StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, ReduceOp, ScanOp, UnaryOp};
@@ -20,8 +20,8 @@ use small::{turn_reduce, write_single};
 #[path = "cuda_ops.rs"]
 mod ops;
 use ops::{
-    block_fn, c_ty, enum_loops, level_loop, level_loop_lines, reduce_fold, reduce_init, rhs,
-    scan_call, store_expr, unit_serial, val,
+    block_fn, c_ty, dtype_is_bool, enum_loops, level_loop, level_loop_lines, reduce_fold,
+    reduce_init, rhs, scan_call, store_expr, unit_serial, val,
 };
 
 type R<T> = Result<T, BackendError>;
@@ -148,7 +148,56 @@ pub(super) fn write_program(
             Some(Slot::Buffer { .. } | Slot::Input(_)) | None => None,
         })
         .collect();
-    if !pending.is_empty() {
+    let root_value = |h: Handle<Expr>| -> R<String> {
+        let v = val(p, &[], h, m.level(h))?;
+        Ok(if dtype_is_bool(m, h) {
+            format!("rlo_b2f({v})")
+        } else {
+            v
+        })
+    };
+    let (tok, coarse): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|&(_, h)| m.level(h) == Level::Tok);
+    if !tok.is_empty() {
+        // token roots (a per-sequence value broadcast to the tokens, an input): one block per
+        // sequence, like a pass, not one block for the whole batch
+        w.line("");
+        w.line("/*");
+        w.line(&format!(
+            "rlo_{ident}_out_tok: writes the token roots that are not a stored token value."
+        ));
+        w.line("*/");
+        w.open(&format!(
+            "extern \"C\" __global__ void __launch_bounds__({PASS_THREADS}) rlo_{ident}_out_tok(const RloCtx ctx) {{"
+        ));
+        params(p, &mut w);
+        w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+        w.line("const long long g = ctx.seq_group[s];");
+        w.line("const long long len = RLO_LEN(s);");
+        w.line("(void)g;");
+        w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
+        w.line("const long long i = RLO_TOK(s, t);");
+        let mut names = Vec::new();
+        for &(slot, h) in &tok {
+            if let Some(Slot::Buffer { name, .. }) = slots.get(slot) {
+                w.line(&format!("ctx.{name}[i] = {};", root_value(h)?));
+                names.push(name.clone());
+            }
+        }
+        w.close("}");
+        if p.opts.layout == TokLayout::Padded {
+            w.open("for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
+            w.line("const long long i = RLO_TOK(s, t);");
+            for name in &names {
+                w.line(&format!("ctx.{name}[i] = 0.0f;"));
+            }
+            w.close("}");
+        }
+        w.close("}");
+        w.close("}");
+    }
+    if !coarse.is_empty() {
         w.line("");
         w.line("/*");
         w.line(&format!(
@@ -156,22 +205,16 @@ pub(super) fn write_program(
         ));
         w.line("*/");
         open_single(p, &mut w, &format!("rlo_{ident}_out"));
-        for (slot, h) in pending {
+        for (slot, h) in coarse {
             let Some(Slot::Buffer { name, .. }) = slots.get(slot) else {
                 continue;
             };
             let level = m.level(h);
-            let value = val(p, &[], h, level)?;
-            let value = if dtype_is_bool(m, h) {
-                format!("rlo_b2f({value})")
-            } else {
-                value
-            };
             level_loop(
                 p,
                 &mut w,
                 level,
-                &format!("ctx.{name}[{}] = {value};", idx(level)),
+                &format!("ctx.{name}[{}] = {};", idx(level), root_value(h)?),
                 true,
                 name,
             );
@@ -182,10 +225,8 @@ pub(super) fn write_program(
     w.line("");
     w.line("// -----------------------------------------------------------------------------");
     w.line("// launch: the runtime launches the kernels above in order on one stream, passing the");
-    w.line("// same RloCtx to each (pass kernels: one block of PASS_THREADS per sequence, grid-stride;");
-    w.line(&format!(
-        "// other kernels: one block of {SMALL_THREADS} threads). PASS_THREADS = {PASS_THREADS}."
-    ));
+    w.line("// same RloCtx to each (pass kernels: one block per sequence, grid-stride; other");
+    w.line("// kernels: one block). Threads per block: each kernel's __launch_bounds__.");
     Ok(())
 }
 
@@ -201,7 +242,13 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
         KernelKind::Small => format!("small stage {}: seq/group/batch values", k.stage),
     };
     w.line(&format!("{}: {what}", k.name));
-    if k.sweeps > 1 {
+    if !k.fused.is_empty() {
+        let stages: Vec<String> = k.fused.iter().map(|s| s.to_string()).collect();
+        w.line(&format!(
+            "fuses the token passes of stages {} (sweep j runs the j-th; per-sequence values between them)",
+            stages.join(", ")
+        ));
+    } else if k.sweeps > 1 {
         w.line(&format!("{} sweeps over each sequence (scans)", k.sweeps));
     }
     let mut inputs: Vec<u32> = Vec::new();
@@ -279,8 +326,8 @@ fn idx_in(level: Level, frame: Level) -> &'static str {
 fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
     let m = p.m;
     w.open(&format!(
-        "extern \"C\" __global__ void __launch_bounds__({PASS_THREADS}) {}(const RloCtx ctx) {{",
-        k.name
+        "extern \"C\" __global__ void __launch_bounds__({}) {}(const RloCtx ctx) {{",
+        k.threads, k.name
     ));
     params(p, w);
     w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
@@ -344,6 +391,25 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
             w.line("__syncthreads();");
         }
         for &h in &k.nodes {
+            if p.role[h] == (Role::SeqLocal { kernel: ki, sweep }) {
+                let e = rhs(p, &locals, h, Level::Seq)?;
+                w.line(&format!(
+                    "const {} e{} = {e};{}",
+                    c_ty(p, h),
+                    h.index(),
+                    span_comment(p, h)
+                ));
+                locals.push(h);
+                if p.stored[h] {
+                    w.line(&format!(
+                        "if (threadIdx.x == 0) {{ ctx.v{}[s] = {}; }}",
+                        h.index(),
+                        store_expr(p, h, &format!("e{}", h.index()))
+                    ));
+                }
+            }
+        }
+        for &h in &k.nodes {
             if matches!(m.exprs[h], Expr::Scan { .. })
                 && p.role[h] == (Role::Tok { kernel: ki, sweep })
             {
@@ -356,11 +422,12 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         for &h in &k.nodes {
             let here = match p.role[h] {
                 Role::Tok { sweep: sw, .. } | Role::Acc { sweep: sw, .. } => sw == sweep,
-                Role::None | Role::Stmt { .. } => false,
+                Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => false,
             };
             if !here || matches!(m.exprs[h], Expr::Scan { .. }) {
                 continue;
             }
+            remat_operands(p, w, &mut sweep_locals, h, 0)?;
             match m.exprs[h] {
                 Expr::Reduce {
                     to: Level::Turn, ..
@@ -417,6 +484,12 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
             }
         }
         w.close("}");
+        for &h in &accs {
+            if p.early[h] && matches!(p.role[h], Role::Acc { sweep: sw, .. } if sw == sweep) {
+                finish_seq_early(p, w, h)?;
+                locals.push(h);
+            }
+        }
     }
     if p.opts.layout == TokLayout::Padded {
         let roots: Vec<Handle<Expr>> = k.nodes.iter().copied().filter(|&h| p.tok_root[h]).collect();
@@ -444,6 +517,9 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         let Expr::Reduce { op, to, .. } = m.exprs[h] else {
             continue;
         };
+        if p.early[h] {
+            continue;
+        }
         let n = h.index();
         w.open("{");
         w.line(&format!("const float r = {}(a{n});", block_fn(op)));
@@ -469,6 +545,60 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
     }
     w.close("}");
     w.close("}");
+    Ok(())
+}
+
+/// Emits, before `h`, the token values it reads that this sweep recomputes (`Plan::remat`).
+fn remat_operands(
+    p: &Plan,
+    w: &mut W,
+    locals: &mut Vec<Handle<Expr>>,
+    h: Handle<Expr>,
+    depth: usize,
+) -> R<()> {
+    let m = p.m;
+    if depth > super::REMAT_MAX_NODES {
+        return Err(err(m, h, "internal: recomputed cone too deep"));
+    }
+    for o in m.exprs[h].operands() {
+        let o = p.canon[o];
+        if m.level(o) != Level::Tok || !p.remat[o] || locals.contains(&o) {
+            continue;
+        }
+        remat_operands(p, w, locals, o, depth + 1)?;
+        let e = rhs(p, locals, o, Level::Tok)?;
+        w.line(&format!(
+            "const {} e{} = {e};  /* recomputed */{}",
+            c_ty(p, o),
+            o.index(),
+            span_comment(p, o)
+        ));
+        locals.push(o);
+    }
+    Ok(())
+}
+
+/// Finishes a `seq` reduction of a fused pass right after its sweep: every thread holds the
+/// result as `e<h>` for the per-sequence values and sweeps that follow.
+fn finish_seq_early(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
+    let Expr::Reduce { op, to, .. } = p.m.exprs[h] else {
+        return Err(err(p.m, h, "internal: early value is not a reduction"));
+    };
+    if to != Level::Seq {
+        return Err(err(p.m, h, "internal: early reduction is not per sequence"));
+    }
+    let n = h.index();
+    if op == ReduceOp::Sum {
+        w.line(&format!("const float e{n} = rlo_block_sum(a{n});"));
+    } else {
+        w.line(&format!("const float r{n} = {}(a{n});", block_fn(op)));
+        w.line(&format!("const float n{n} = rlo_block_sum(k{n});"));
+        w.line(&format!("const float e{n} = (n{n} > 0.0f ? r{n} : 0.0f);"));
+    }
+    w.line(&format!(
+        "if (threadIdx.x == 0) {{ ctx.v{n}[s] = e{n}; }}{}",
+        span_comment(p, h)
+    ));
     Ok(())
 }
 

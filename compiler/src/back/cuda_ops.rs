@@ -395,3 +395,31 @@ pub(super) fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R
         span_comment(p, h)
     ))
 }
+
+/// Writes `x` as a C float literal.
+pub(super) fn f32_lit(x: f64) -> String {
+    let f = x as f32;
+    if f.is_nan() {
+        "RLO_NAN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 {
+            "RLO_INF".into()
+        } else {
+            "(-RLO_INF)".into()
+        }
+    } else {
+        let mut s = format!("{f:?}");
+        if !s.contains('.') && !s.contains('e') && !s.contains("inf") {
+            s.push_str(".0");
+        }
+        if f < 0.0 {
+            format!("({s}f)")
+        } else {
+            format!("{s}f")
+        }
+    }
+}
+
+pub(super) fn dtype_is_bool(m: &crate::ir::Module, h: Handle<Expr>) -> bool {
+    m.ty(h).dtype == DType::Bool
+}

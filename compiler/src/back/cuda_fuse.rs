@@ -1,0 +1,421 @@
+//! Two plan-level choices of the CUDA backend that cut global-memory traffic (the token passes
+//! are memory-bound: every byte read or written per token costs time, arithmetic almost none).
+//!
+//! - **Seq-local fusion** ([`fusions`]): token passes `A`, `B` separated only by per-sequence
+//!   work run as one kernel, one block per sequence: sweep 0 is `A`, the block reduces the
+//!   sequence's sums, every thread computes the per-sequence values `B` needs (`Role::SeqLocal`),
+//!   then sweep 1 is `B`. Sweep 1 reads the same sequence again right after sweep 0, from L2
+//!   rather than DRAM, and the values `B` reads from `A` are recomputed instead of stored
+//!   (below). A link `A → B` is fused when everything `B` reads from the small stage between
+//!   them is elementwise at `seq` level over the sequence's own reductions and earlier values
+//!   (GSPO's sequence ratio, GMPO's geometric mean, per-sequence normalizers); a group or batch
+//!   reduction of `A`'s results in between (PPO's batch whitening, DPO's pairs) keeps two kernels.
+//!   Passes with scans or turn reductions are not fused.
+//! - **Rematerialization** ([`resolve_reads`]): a token value computed in one kernel (or sweep)
+//!   and read by a later one is recomputed by the reader from the token inputs when its cone is
+//!   elementwise (at most [`REMAT_MAX_NODES`] nodes): storing it would cost 4 bytes written and 4
+//!   read per token, while the reader usually reads the cone's inputs anyway. Values read by
+//!   scans, small stages, or that are roots stay stored.
+//!
+//! Neither changes what is computed per element (the same f32 operations on the same operands).
+//! A fused kernel's blocks have [`FUSED_THREADS`] threads instead of [`PASS_THREADS`], so its
+//! per-sequence sums fold in another (fixed) order: fused and plain programs agree to rounding,
+//! and each is bit-reproducible run to run.
+//! [`add_passes`] builds the kernels of one pass or of a fusion.
+// Indexing is by handles of the module's own arena and side tables made with its length.
+#![allow(clippy::indexing_slicing)]
+
+use super::{
+    elementwise, is_inline, ready_kernel, KernelKind, KernelPlan, Plan, Role, FUSED_THREADS,
+    PASS_THREADS, SMALL_THREADS,
+};
+use crate::arena::{Handle, HandleVec};
+use crate::ir::{Expr, Module};
+use crate::schedule::{Schedule, Stage, StageKind};
+use crate::types::Level;
+
+/// Largest cone a reader recomputes (beyond it the value is stored).
+pub const REMAT_MAX_NODES: usize = 64;
+
+/// Token passes run by one kernel: `passes[j]` is sweep `j`; before sweep `j ≥ 1` every thread
+/// computes `seq_local[j]` (nodes of the small stage `mids[j]` between passes `j-1` and `j`).
+#[derive(Clone, Debug)]
+pub(crate) struct Fusion {
+    pub passes: Vec<usize>,
+    pub mids: Vec<Option<usize>>,
+    pub seq_local: Vec<Vec<Handle<Expr>>>,
+}
+
+/// The nodes a stage computes (not aliases, not inline leaves), in arena order.
+pub(crate) fn computed(
+    m: &Module,
+    canon: &HandleVec<Expr, Handle<Expr>>,
+    stage: &Stage,
+) -> Vec<Handle<Expr>> {
+    stage
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&h| h.index() < m.exprs.len() && canon[h] == h && !is_inline(&m.exprs[h]))
+        .collect()
+}
+
+/// A pass that can take part in a fusion: token nodes and token → seq/group/batch reductions
+/// only (no scans, no turn reductions, nothing finished between passes).
+fn fusable_pass(m: &Module, nodes: &[Handle<Expr>]) -> bool {
+    nodes.iter().all(|&h| match m.exprs[h] {
+        Expr::Scan { .. } => false,
+        Expr::Reduce { arg, to, .. } => m.level(arg) == Level::Tok && to > Level::Turn,
+        Expr::Const(_)
+        | Expr::Bool(_)
+        | Expr::Param(_)
+        | Expr::Input(_)
+        | Expr::Index(_)
+        | Expr::Unary { .. }
+        | Expr::Binary { .. }
+        | Expr::Select { .. }
+        | Expr::Broadcast { .. }
+        | Expr::Rank { .. }
+        | Expr::Quantile { .. }
+        | Expr::PosReduce { .. }
+        | Expr::Detach { .. } => m.level(h) == Level::Tok,
+    })
+}
+
+/// The fusions of a schedule (runs of ≥ 2 token passes), in stage order. Deterministic.
+pub(crate) fn fusions(
+    m: &Module,
+    s: &Schedule,
+    canon: &HandleVec<Expr, Handle<Expr>>,
+) -> Vec<Fusion> {
+    let n = m.exprs.len();
+    let mut stage_of: HandleVec<Expr, usize> = HandleVec::new(n, usize::MAX);
+    for (i, st) in s.stages.iter().enumerate() {
+        for &h in &st.nodes {
+            if h.index() < n {
+                stage_of[h] = i;
+            }
+        }
+    }
+    let comp: Vec<Vec<Handle<Expr>>> = s.stages.iter().map(|st| computed(m, canon, st)).collect();
+    let kind = |i: usize| s.stages.get(i).map(|st| st.kind);
+    // a pass that computes nothing (its values are broadcasts) gets no kernel at all
+    let fusable = |i: usize| {
+        kind(i) == Some(StageKind::TokenPass) && !comp[i].is_empty() && fusable_pass(m, &comp[i])
+    };
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < s.stages.len() {
+        if !fusable(k) {
+            k += 1;
+            continue;
+        }
+        let mut f = Fusion {
+            passes: vec![k],
+            mids: vec![None],
+            seq_local: vec![Vec::new()],
+        };
+        // values every thread of the fused kernel holds per sequence
+        let mut local: HandleVec<Expr, bool> = HandleVec::new(n, false);
+        mark_seq_accs(m, &comp[k], &mut local);
+        let mut last = k;
+        loop {
+            let (mid, next) = match (kind(last + 1), kind(last + 2)) {
+                (Some(StageKind::Small), Some(StageKind::TokenPass)) => (Some(last + 1), last + 2),
+                (Some(StageKind::TokenPass), _) => (None, last + 1),
+                _ => break,
+            };
+            if !fusable(next) {
+                break;
+            }
+            let Some(seq_local) = link((m, canon, &stage_of), &f, &local, mid, next, &comp[next])
+            else {
+                break;
+            };
+            for &h in &seq_local {
+                local[h] = true;
+            }
+            mark_seq_accs(m, &comp[next], &mut local);
+            f.passes.push(next);
+            f.mids.push(mid);
+            f.seq_local.push(seq_local);
+            last = next;
+        }
+        if f.passes.len() > 1 {
+            out.push(f);
+        }
+        k = last + 1;
+    }
+    out
+}
+
+fn mark_seq_accs(m: &Module, nodes: &[Handle<Expr>], local: &mut HandleVec<Expr, bool>) {
+    for &h in nodes {
+        if matches!(m.exprs[h], Expr::Reduce { to: Level::Seq, .. }) {
+            local[h] = true;
+        }
+    }
+}
+
+/// The nodes of `mid` the next pass needs, computed per sequence in the fused kernel, or `None`
+/// when the next pass needs anything that is not available per sequence.
+fn link(
+    (m, canon, stage_of): (
+        &Module,
+        &HandleVec<Expr, Handle<Expr>>,
+        &HandleVec<Expr, usize>,
+    ),
+    f: &Fusion,
+    local: &HandleVec<Expr, bool>,
+    mid: Option<usize>,
+    next_stage: usize,
+    next: &[Handle<Expr>],
+) -> Option<Vec<Handle<Expr>>> {
+    let first = *f.passes.first()?;
+    let mut want: Vec<Handle<Expr>> = Vec::new();
+    // Some(true): fine; Some(false): a node of `mid` to compute per sequence; None: not fusable
+    let classify = |o: Handle<Expr>, tok_reader: bool| -> Option<bool> {
+        let st = stage_of[o];
+        if is_inline(&m.exprs[o]) || st < first || st == next_stage || local[o] {
+            Some(true)
+        } else if f.passes.contains(&st) {
+            (tok_reader && m.level(o) == Level::Tok).then_some(true)
+        } else if Some(st) == mid {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    for &h in next {
+        for o in m.exprs[h].operands() {
+            let o = canon[o];
+            if !classify(o, true)? && !want.contains(&o) {
+                want.push(o);
+            }
+        }
+    }
+    let mut i = 0;
+    while let Some(&x) = want.get(i) {
+        i += 1;
+        if m.level(x) != Level::Seq || !elementwise(&m.exprs[x]) {
+            return None;
+        }
+        for o in m.exprs[x].operands() {
+            let o = canon[o];
+            if !classify(o, false)? && !want.contains(&o) {
+                want.push(o);
+            }
+        }
+    }
+    want.sort();
+    Some(want)
+}
+
+/// For every token value read by a later kernel or sweep than its own (`reads`: the value and
+/// the reading kernel), either marks its cone for recomputation by the reader (`p.remat`) or
+/// stores it. Runs after every other reason to store a value is known.
+pub(crate) fn resolve_reads(p: &mut Plan, reads: &[(Handle<Expr>, usize)]) {
+    for &(o, k) in reads {
+        if p.stored[o] || p.remat[o] {
+            continue;
+        }
+        match cone(p, o, k).filter(|_| !p.opts.disable_remat) {
+            Some((nodes, coarse)) => {
+                for x in nodes {
+                    p.remat[x] = true;
+                }
+                for c in coarse {
+                    match p.role[c] {
+                        Role::Acc { kernel, .. } if kernel == k => p.early[c] = true,
+                        Role::SeqLocal { kernel, .. } if kernel == k => {}
+                        Role::None
+                        | Role::Tok { .. }
+                        | Role::Acc { .. }
+                        | Role::SeqLocal { .. }
+                        | Role::Stmt { .. } => p.stored[c] = true,
+                    }
+                }
+            }
+            None => p.stored[o] = true,
+        }
+    }
+}
+
+/// The token nodes to recompute for `o` in kernel `k` and the coarse values they read, or `None`
+/// when `o` cannot be recomputed there.
+type Cone = (Vec<Handle<Expr>>, Vec<Handle<Expr>>);
+
+fn cone(p: &Plan, o: Handle<Expr>, k: usize) -> Option<Cone> {
+    let m = p.m;
+    let mut nodes = vec![o];
+    let mut coarse = Vec::new();
+    let mut i = 0;
+    while let Some(&x) = nodes.get(i) {
+        i += 1;
+        if !elementwise(&m.exprs[x]) || !matches!(p.role[x], Role::Tok { .. }) {
+            return None;
+        }
+        for op in m.exprs[x].operands() {
+            let c = p.canon[op];
+            if is_inline(&m.exprs[c]) {
+                continue;
+            }
+            if m.level(c) == Level::Tok && !p.stored[c] {
+                if !nodes.contains(&c) {
+                    nodes.push(c);
+                    if nodes.len() > REMAT_MAX_NODES {
+                        return None;
+                    }
+                }
+                continue;
+            }
+            // a stored token value, or a coarse value: read where it is
+            let readable = match p.role[c] {
+                Role::Tok { kernel, .. } | Role::SeqLocal { kernel, .. } if kernel == k => true,
+                Role::Acc { kernel, .. } if kernel == k => m.level(c) == Level::Seq,
+                r @ (Role::None
+                | Role::Tok { .. }
+                | Role::Acc { .. }
+                | Role::SeqLocal { .. }
+                | Role::Stmt { .. }) => ready_kernel(r).is_some_and(|kc| kc < k),
+            };
+            if !readable {
+                return None;
+            }
+            if m.level(c) > Level::Tok && !coarse.contains(&c) {
+                coarse.push(c);
+            }
+        }
+    }
+    Some((nodes, coarse))
+}
+
+/// The kernels of one or more fused token passes: the pass kernel (sweep `j` = pass `j`, the
+/// per-sequence values of the small stage before it first), the fin kernel of its cross-sequence
+/// reductions, then the rest of each small stage in between.
+pub(crate) fn add_passes(
+    m: &Module,
+    s: &Schedule,
+    canon: &HandleVec<Expr, Handle<Expr>>,
+    f: &Fusion,
+    ident: &str,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    let pk = kernels.len();
+    let mut body: Vec<(Handle<Expr>, usize)> = Vec::new();
+    let mut fin = Vec::new();
+    for (j, &st) in f.passes.iter().enumerate() {
+        let Some(stage) = s.stages.get(st) else {
+            continue;
+        };
+        for h in computed(m, canon, stage) {
+            let tok_acc =
+                matches!(m.exprs[h], Expr::Reduce { arg, .. } if m.level(arg) == Level::Tok);
+            if m.level(h) == Level::Tok || tok_acc {
+                body.push((h, j));
+                if tok_acc && m.level(h) > Level::Seq {
+                    fin.push(h);
+                }
+            } else {
+                fin.push(h);
+            }
+        }
+        for &h in f.seq_local.get(j).into_iter().flatten() {
+            role[h] = Role::SeqLocal {
+                kernel: pk,
+                sweep: j,
+            };
+            body.push((h, j));
+        }
+    }
+    body.sort();
+    fin.sort();
+    let fk = (!fin.is_empty()).then_some(pk + 1);
+    for &(h, sweep) in &body {
+        if matches!(role[h], Role::SeqLocal { .. }) {
+            continue;
+        }
+        role[h] = if m.level(h) == Level::Tok {
+            Role::Tok { kernel: pk, sweep }
+        } else {
+            Role::Acc {
+                kernel: pk,
+                sweep,
+                fin: if m.level(h) > Level::Seq { fk } else { None },
+            }
+        };
+    }
+    let names: Vec<String> = f.passes.iter().map(|st| format!("p{st}")).collect();
+    let first = f.passes.first().copied().unwrap_or(0);
+    kernels.push(KernelPlan {
+        name: format!("rlo_{ident}_{}", names.join("_")),
+        kind: KernelKind::Pass,
+        stage: first,
+        nodes: body.into_iter().map(|(h, _)| h).collect(),
+        sweeps: f.passes.len(),
+        fused: if f.passes.len() > 1 {
+            f.passes.clone()
+        } else {
+            Vec::new()
+        },
+        threads: if f.passes.len() > 1 {
+            FUSED_THREADS
+        } else {
+            PASS_THREADS
+        },
+    });
+    if let Some(fk) = fk {
+        for &h in &fin {
+            if !matches!(role[h], Role::Acc { .. }) {
+                role[h] = Role::Stmt { kernel: fk };
+            }
+        }
+        kernels.push(KernelPlan {
+            name: format!("rlo_{ident}_p{first}_fin"),
+            kind: KernelKind::Fin,
+            stage: first,
+            nodes: fin,
+            sweeps: 0,
+            fused: Vec::new(),
+            threads: SMALL_THREADS,
+        });
+    }
+    for (j, mid) in f.mids.iter().enumerate() {
+        let (Some(mid), Some(local)) = (mid, f.seq_local.get(j)) else {
+            continue;
+        };
+        let Some(stage) = s.stages.get(*mid) else {
+            continue;
+        };
+        let rest: Vec<Handle<Expr>> = computed(m, canon, stage)
+            .into_iter()
+            .filter(|h| !local.contains(h))
+            .collect();
+        if !rest.is_empty() {
+            add_small(ident, *mid, rest, role, kernels);
+        }
+    }
+}
+
+pub(crate) fn add_small(
+    ident: &str,
+    stage: usize,
+    nodes: Vec<Handle<Expr>>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    let sk = kernels.len();
+    for &h in &nodes {
+        role[h] = Role::Stmt { kernel: sk };
+    }
+    kernels.push(KernelPlan {
+        name: format!("rlo_{ident}_s{stage}"),
+        kind: KernelKind::Small,
+        stage,
+        nodes,
+        sweeps: 0,
+        fused: Vec::new(),
+        threads: SMALL_THREADS,
+    });
+}

@@ -1,0 +1,145 @@
+//! Global-memory traffic of the generated CUDA per valid token (the model of
+//! `compiler/src/back/cuda_traffic.rs`, read from the generated text), for every stdlib objective,
+//! with and without seq-local fusion and recomputation. No GPU needed: this is what the token
+//! passes move, the quantity a memory-bound kernel's time follows; the GPU benchmark
+//! (`bench/gpu.sh`) measures the time.
+//!
+//! Asserted: fusion and recomputation never add traffic; every stdlib objective except the four
+//! listed in [`ABOVE_ROOFLINE`] reads each token input from DRAM once and writes each token root
+//! once (model ratio 1.00); the two-pass objectives whose second pass needs only per-sequence
+//! values (GSPO, GMPO, …) run as one token kernel. `cargo test -p rlo-tests --test cuda_traffic
+//! -- --nocapture` prints the table (BENCHMARKS.md).
+
+use rlo_compiler::back::cuda::{emit, CudaOptions, CudaProgram, StorageType, TokLayout, Traffic};
+use rlo_compiler::Compiled;
+
+/// Objectives whose schedule needs a batch- or group-level value of token results between
+/// passes (PPO and REINFORCE++: batch whitening of token advantages, two passes; clip_cov and
+/// kl_cov: the batch covariance of token values, then token ranks in one-block kernels).
+const ABOVE_ROOFLINE: [&str; 4] = ["clip_cov", "kl_cov", "ppo", "reinforce_pp"];
+
+/// Two-pass objectives whose passes fuse into one token kernel.
+const FUSED: [&str; 4] = ["gmpo", "gspo", "gspo_token", "vespo"];
+
+fn stdlib_objectives() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "rlo"))
+                .filter(|p| {
+                    std::fs::read_to_string(p)
+                        .is_ok_and(|t| t.lines().any(|l| l.starts_with("objective")))
+                })
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn compile(name: &str) -> Compiled {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../stdlib")
+        .join(format!("{name}.rlo"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    rlo_compiler::compile(
+        &format!("{name}.rlo"),
+        &text,
+        &rlo_compiler::Options::default(),
+    )
+    .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
+}
+
+fn program(c: &Compiled, layout: TokLayout, tok_dtype: StorageType, plain: bool) -> CudaProgram {
+    let o = CudaOptions {
+        layout,
+        tok_dtype,
+        disable_fusion: plain,
+        disable_remat: plain,
+        ..Default::default()
+    };
+    emit(&c.module, &c.schedule, &o).unwrap_or_else(|e| panic!("{}: {e}", c.module.name))
+}
+
+fn moved(t: &Traffic) -> usize {
+    t.dram_read() + t.written()
+}
+
+fn cell(t: &Traffic) -> String {
+    format!(
+        "{} + {}{} ({} kernels)",
+        t.dram_read(),
+        t.written(),
+        if t.reread() > 0 {
+            format!(" [+{} L2]", t.reread())
+        } else {
+            String::new()
+        },
+        t.token_kernels()
+    )
+}
+
+#[test]
+fn stdlib_token_traffic() {
+    let names = stdlib_objectives();
+    assert!(names.len() >= 30, "stdlib objectives not found: {names:?}");
+    let mut above = Vec::new();
+    println!("| objective | roofline B/token | plain: read + written | fused + recomputed | plain / roofline | now / roofline |");
+    println!("|---|---|---|---|---|---|");
+    for name in &names {
+        let c = compile(name);
+        for layout in [TokLayout::Packed, TokLayout::Padded] {
+            for dtype in [StorageType::F32, StorageType::Bf16] {
+                let plain = program(&c, layout, dtype, true).traffic;
+                let now = program(&c, layout, dtype, false).traffic;
+                assert_eq!(now.roofline, plain.roofline, "{name}");
+                assert!(
+                    moved(&now) <= moved(&plain),
+                    "{name} {layout:?} {dtype:?}: fusion/recomputation adds traffic: {} vs {}",
+                    now.summary(),
+                    plain.summary()
+                );
+                assert!(moved(&now) >= now.roofline, "{name}: below the roofline?");
+            }
+        }
+        let plain = program(&c, TokLayout::Padded, StorageType::F32, true).traffic;
+        let now = program(&c, TokLayout::Padded, StorageType::F32, false).traffic;
+        if moved(&now) > now.roofline {
+            above.push(name.clone());
+        }
+        println!(
+            "| {name} | {} | {} | {} | {:.2} | {:.2} |",
+            now.roofline,
+            cell(&plain),
+            cell(&now),
+            plain.ratio(),
+            now.ratio()
+        );
+        if FUSED.contains(&name.as_str()) {
+            let p = program(&c, TokLayout::Padded, StorageType::F32, false);
+            let fused: Vec<&str> = p
+                .launches
+                .iter()
+                .filter(|l| l.threads == rlo_compiler::back::cuda::FUSED_THREADS)
+                .filter(|l| l.grid == rlo_compiler::back::cuda::Grid::PerSequence)
+                .map(|l| l.kernel.as_str())
+                .collect();
+            assert_eq!(
+                fused.len(),
+                1,
+                "{name}: expected one fused kernel: {fused:?}"
+            );
+            assert!(
+                plain.token_kernels() > now.token_kernels(),
+                "{name}: fusion did not remove a token kernel"
+            );
+        }
+    }
+    assert_eq!(
+        above, ABOVE_ROOFLINE,
+        "the objectives above the traffic roofline changed"
+    );
+}
