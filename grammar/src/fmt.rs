@@ -1,6 +1,6 @@
 //! Canonical formatter: AST (+ comments) → text. `rloc fmt` prints this.
 //!
-//! Layout rules (spec.md §2.6 copies them):
+//! Layout rules (spec.md §2.3 summarizes them):
 //! - `use` lines first, in source order, with no blank line between them; then every `fn` and
 //!   `objective` in source order, one blank line between items.
 //! - 4-space indentation, one statement per line, no `;`, one space around binary operators,
@@ -8,7 +8,8 @@
 //!   a parameter has a doc comment, a comment sits in the list, or the header passes 100 columns.
 //! - Parentheses: the user's are dropped and the minimal ones the precedence needs are printed
 //!   (`(a * b) + c` → `a * b + c`, `a - (b - c)` kept). An `if` used as an operand, or as the
-//!   condition or `then` branch of another `if`, is parenthesized for readability.
+//!   condition or `then` branch of another `if`, is parenthesized for readability (unless those
+//!   parentheses would nest the statement deeper than the parser's limit).
 //! - A statement longer than 100 columns is broken: before each `else` of an `if` chain, before
 //!   each operator of a same-precedence chain, or one call argument per line (continuation lines
 //!   indented by 8; a newline never ends an expression, so the text re-parses the same).
@@ -513,42 +514,99 @@ fn strip(mut e: &Expr) -> &Expr {
     e
 }
 
+/// What the expression writers need: the source (numbers are printed as written) and whether an
+/// `if` in the condition or `then` branch of another `if` gets its readability parentheses. It
+/// does unless they would make the statement deeper than the parser accepts (each pair is one
+/// more nesting level: a chain of 128 `if`s in conditions, valid as written, would not re-parse).
+#[derive(Clone, Copy)]
+struct Cx<'a> {
+    src: &'a str,
+    readable: bool,
+}
+
+impl<'a> Cx<'a> {
+    fn new(e: &Expr, src: &'a str) -> Self {
+        // +1: the statement sits inside a `{ }` or `( )` that the pre-scan counts too.
+        let readable = printed_depth(e, true) < crate::MAX_NESTING;
+        Cx { src, readable }
+    }
+}
+
+/// Depth of `e` as the parser measures it (each node, parentheses included, one level) once
+/// printed: the user's parentheses dropped, those the precedence needs added, and with
+/// `readable` the readability parentheses of `if`s in conditions and `then` branches.
+fn printed_depth(e: &Expr, readable: bool) -> usize {
+    let child = |c: &Expr, paren: bool| printed_depth(c, readable) + usize::from(paren);
+    let e = strip(e);
+    match &e.kind {
+        ExprKind::Number(_) | ExprKind::Bool(_) | ExprKind::Name(_) => 1,
+        ExprKind::Paren(inner) => printed_depth(inner, readable),
+        ExprKind::Unary { operand, .. } => 1 + child(operand, prec(operand) < 6),
+        ExprKind::Binary { op, lhs, rhs } => {
+            let (lparen, rparen) = binary_parens(*op, lhs, rhs);
+            1 + child(lhs, lparen).max(child(rhs, rparen))
+        }
+        ExprKind::Call { args, .. } => {
+            1 + args
+                .iter()
+                .map(|a| printed_depth(&a.value, readable))
+                .max()
+                .unwrap_or(0)
+        }
+        ExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            let c = child(cond, readable && prec(cond) == 0);
+            let t = child(then, readable && prec(then) == 0);
+            1 + c.max(t).max(printed_depth(otherwise, readable))
+        }
+    }
+}
+
+/// Whether the operands of a binary operator need parentheses (minimal, by precedence).
+fn binary_parens(op: ast::BinaryOp, lhs: &Expr, rhs: &Expr) -> (bool, bool) {
+    let p = op.precedence();
+    let right_assoc = op == ast::BinaryOp::Pow;
+    let non_assoc = p == 3;
+    let (pl, pr) = (prec(lhs), prec(rhs));
+    let lparen = pl < p || (pl == p && (right_assoc || non_assoc));
+    let rparen = if right_assoc {
+        // `2 ^ -x` parses as `2 ^ (-x)`: a unary operand needs no parentheses.
+        pr < 6
+    } else {
+        pr <= p
+    };
+    (lparen, rparen)
+}
+
 /// One expression on one line, with the minimal parentheses (see the module docs).
 pub fn expr_text(e: &Expr, src: &str) -> String {
     let mut out = String::new();
-    write_expr(&mut out, e, src);
+    write_expr(&mut out, e, Cx::new(e, src));
     out
 }
 
-fn write_expr(out: &mut String, e: &Expr, src: &str) {
+fn write_expr(out: &mut String, e: &Expr, cx: Cx) {
     let e = strip(e);
     match &e.kind {
-        ExprKind::Number(v) => out.push_str(&number_text(*v, e.span, src)),
+        ExprKind::Number(v) => out.push_str(&number_text(*v, e.span, cx.src)),
         ExprKind::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         ExprKind::Name(i) => out.push_str(&i.name),
-        ExprKind::Paren(inner) => write_expr(out, inner, src),
+        ExprKind::Paren(inner) => write_expr(out, inner, cx),
         ExprKind::Unary { op, operand } => {
             out.push(match op {
                 UnaryOp::Neg => '-',
                 UnaryOp::Not => '!',
             });
-            write_child(out, operand, prec(operand) < 6, src);
+            write_child(out, operand, prec(operand) < 6, cx);
         }
         ExprKind::Binary { op, lhs, rhs } => {
-            let p = op.precedence();
-            let right_assoc = *op == ast::BinaryOp::Pow;
-            let non_assoc = p == 3;
-            let (pl, pr) = (prec(lhs), prec(rhs));
-            let lparen = pl < p || (pl == p && (right_assoc || non_assoc));
-            let rparen = if right_assoc {
-                // `2 ^ -x` parses as `2 ^ (-x)`: a unary operand needs no parentheses.
-                pr < 6
-            } else {
-                pr <= p
-            };
-            write_child(out, lhs, lparen, src);
+            let (lparen, rparen) = binary_parens(*op, lhs, rhs);
+            write_child(out, lhs, lparen, cx);
             let _ = write!(out, " {} ", op.symbol());
-            write_child(out, rhs, rparen, src);
+            write_child(out, rhs, rparen, cx);
         }
         ExprKind::Call { callee, args } => {
             out.push_str(&callee.name);
@@ -560,7 +618,7 @@ fn write_expr(out: &mut String, e: &Expr, src: &str) {
                 if let Some(n) = &a.name {
                     let _ = write!(out, "{}: ", n.name);
                 }
-                write_expr(out, &a.value, src);
+                write_expr(out, &a.value, cx);
             }
             out.push(')');
         }
@@ -570,11 +628,11 @@ fn write_expr(out: &mut String, e: &Expr, src: &str) {
             otherwise,
         } => {
             out.push_str("if ");
-            write_child(out, cond, prec(cond) == 0, src);
+            write_child(out, cond, cx.readable && prec(cond) == 0, cx);
             out.push_str(" then ");
-            write_child(out, then, prec(then) == 0, src);
+            write_child(out, then, cx.readable && prec(then) == 0, cx);
             out.push_str(" else ");
-            write_expr(out, otherwise, src);
+            write_expr(out, otherwise, cx);
         }
     }
 }
@@ -587,6 +645,7 @@ fn write_expr(out: &mut String, e: &Expr, src: &str) {
 ///
 /// Anything else, and the pieces themselves, stay on one line.
 fn broken_text(e: &Expr, src: &str) -> String {
+    let cx = Cx::new(e, src);
     let mut out = String::new();
     let e = strip(e);
     match &e.kind {
@@ -599,14 +658,14 @@ fn broken_text(e: &Expr, src: &str) -> String {
             } = &cur.kind
             {
                 out.push_str("if ");
-                write_child(&mut out, cond, prec(cond) == 0, src);
+                write_child(&mut out, cond, cx.readable && prec(cond) == 0, cx);
                 out.push_str(" then ");
-                write_child(&mut out, then, prec(then) == 0, src);
+                write_child(&mut out, then, cx.readable && prec(then) == 0, cx);
                 out.push_str(CONT);
                 out.push_str("else ");
                 cur = strip(otherwise);
             }
-            write_expr(&mut out, cur, src);
+            write_expr(&mut out, cur, cx);
         }
         ExprKind::Binary { op, .. } => {
             let p = op.precedence();
@@ -631,7 +690,7 @@ fn broken_text(e: &Expr, src: &str) -> String {
                 &mut out,
                 cur,
                 pl < p || (pl == p && (right_assoc || !chain)),
-                src,
+                cx,
             );
             for (op, rhs) in rest.iter().rev() {
                 let _ = write!(out, "{CONT}{} ", op.symbol());
@@ -641,7 +700,7 @@ fn broken_text(e: &Expr, src: &str) -> String {
                 } else {
                     pr <= p
                 };
-                write_child(&mut out, rhs, paren, src);
+                write_child(&mut out, rhs, paren, cx);
             }
         }
         ExprKind::Call { callee, args } if !args.is_empty() => {
@@ -651,23 +710,23 @@ fn broken_text(e: &Expr, src: &str) -> String {
                 if let Some(n) = &a.name {
                     let _ = write!(out, "{}: ", n.name);
                 }
-                write_expr(&mut out, &a.value, src);
+                write_expr(&mut out, &a.value, cx);
                 out.push(',');
             }
             let _ = write!(out, "\n{INDENT})");
         }
-        _ => write_expr(&mut out, e, src),
+        _ => write_expr(&mut out, e, cx),
     }
     out
 }
 
-fn write_child(out: &mut String, e: &Expr, paren: bool, src: &str) {
+fn write_child(out: &mut String, e: &Expr, paren: bool, cx: Cx) {
     if paren {
         out.push('(');
-        write_expr(out, e, src);
+        write_expr(out, e, cx);
         out.push(')');
     } else {
-        write_expr(out, e, src);
+        write_expr(out, e, cx);
     }
 }
 

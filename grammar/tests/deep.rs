@@ -72,3 +72,50 @@ fn deep_braces_are_an_error() {
     let src = format!("{}{}", "{".repeat(n), "}".repeat(n));
     assert_eq!(codes(&src), ["E0005"]);
 }
+
+/// `if` chains nested through conditions and `then` branches: whatever parses formats to text
+/// that parses again and formats to itself. The formatter's readability parentheses add one
+/// level per `if`; near the limit it leaves them out rather than print text the parser rejects.
+#[test]
+fn formatting_deep_if_conditions_keeps_them_parseable() {
+    use rlo_grammar::fmt::format_file;
+    let cond_chain = |n: usize| {
+        let mut e = "x > 0".to_string();
+        for i in 0..n {
+            e = format!("if {e} then x > {i} else x < {i}");
+        }
+        e
+    };
+    let then_chain = |n: usize| {
+        let mut e = "x".to_string();
+        for i in 0..n {
+            e = format!("if c{i} then {e} else {i}");
+        }
+        e
+    };
+    let mut readable_seen = false;
+    let mut plain_seen = false;
+    for n in [3, 60, 126, 127, 128, 129, 200, 250, MAX_NESTING - 4] {
+        for (kind, e) in [("cond", cond_chain(n)), ("then", then_chain(n))] {
+            let src = wrap(&e);
+            let Ok(ast) = parse(&src, FileId(0)) else {
+                continue;
+            };
+            let once = format_file(&ast, &src);
+            let again = parse(&once, FileId(0))
+                .unwrap_or_else(|d| panic!("{kind} chain of {n}: formatted text fails: {d:?}"));
+            assert_eq!(
+                format_file(&again, &once),
+                once,
+                "{kind} chain of {n}: not idempotent"
+            );
+            if once.contains("if (if") || once.contains("then (if") {
+                readable_seen = true;
+            } else if n > 100 {
+                plain_seen = true;
+            }
+        }
+    }
+    // Both branches of the choice ran: shallow chains keep the parentheses, deep ones drop them.
+    assert!(readable_seen && plain_seen);
+}
