@@ -26,3 +26,14 @@ BIN=${RLO_BENCH_BIN:-bench/bin/rlo-bench-cuda}
 "$BIN" --stdlib stdlib --iters "$ITERS" | tee bench/out/rlo.jsonl
 python3 bench/torch_losses.py "$ITERS" | tee bench/out/torch.jsonl
 python3 bench/summarize.py bench/out/rlo.jsonl bench/out/torch.jsonl | tee bench/out/summary.txt
+# What seq-local fusion and recomputation save, on the objectives they change (traffic model:
+# gspo 4.00 -> 1.00, gmpo 3.67 -> 1.00, ppo 3.00 -> 2.17 of the roofline), and grpo as a control.
+"$BIN" --stdlib stdlib --iters "$ITERS" --objectives gspo,gmpo,ppo,grpo --shapes 4096x8192 \
+    --dtypes f32 --variants plain,fused | tee bench/out/fusion.jsonl
+python3 bench/summarize.py bench/out/fusion.jsonl | tee bench/out/fusion.txt
+# Block size of the per-sequence kernels (fused ones have 1024 threads; the cap lowers it).
+for t in 128 256 512; do
+    echo "RLO_CUDA_PASS_THREADS=$t"
+    RLO_CUDA_PASS_THREADS=$t "$BIN" --stdlib stdlib --iters "$ITERS" --objectives gspo,grpo \
+        --shapes 4096x8192 --dtypes f32 | tee bench/out/threads$t.jsonl
+done

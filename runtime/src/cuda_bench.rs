@@ -5,7 +5,11 @@
 //! Prints one JSON object per line (`bench/gpu.sh` joins them with the PyTorch baselines).
 //!
 //! `rlo-bench-cuda [--stdlib DIR] [--objectives grpo,dapo,gspo] [--shapes 1024x4096,4096x8192]
-//!                 [--dtypes f32,bf16] [--iters 20]`
+//!                 [--dtypes f32,bf16] [--variants fused,plain] [--iters 20]`
+//!
+//! `--variants plain` times the program with seq-local fusion and recomputation turned off
+//! (`CudaOptions::disable_*`), to measure what they save; each line carries the traffic model's
+//! bytes per token and its ratio to the model's roofline.
 #![allow(unsafe_code)]
 
 use std::sync::Arc;
@@ -23,6 +27,8 @@ struct Args {
     shapes: Vec<(usize, usize)>,
     dtypes: Vec<StorageType>,
     iters: usize,
+    /// `false`: fused (the default plan); `true`: plain (fusion and recomputation off).
+    variants: Vec<bool>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -32,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         shapes: vec![(1024, 4096), (4096, 8192)],
         dtypes: vec![StorageType::F32, StorageType::Bf16],
         iters: 20,
+        variants: vec![false],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -60,6 +67,16 @@ fn parse_args() -> Result<Args, String> {
                         "bf16" => Ok(StorageType::Bf16),
                         "f16" => Ok(StorageType::F16),
                         _ => Err(format!("unknown dtype {d}")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--variants" => {
+                a.variants = v
+                    .split(',')
+                    .map(|d| match d {
+                        "fused" => Ok(false),
+                        "plain" => Ok(true),
+                        _ => Err(format!("unknown variant {d} (fused, plain)")),
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -119,12 +136,17 @@ fn run() -> Result<(), RuntimeError> {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        for &dtype in &args.dtypes {
+        let configs = args
+            .dtypes
+            .iter()
+            .flat_map(|&d| args.variants.iter().map(move |&plain| (d, plain)));
+        for (dtype, plain) in configs {
             let opts = CudaOptions {
                 layout: TokLayout::Padded,
                 tok_dtype: dtype,
                 sources: None,
-                ..Default::default()
+                disable_fusion: plain,
+                disable_remat: plain,
             };
             // cold: parse -> IR -> schedule -> CUDA -> NVRTC -> loaded module
             dev.clear_modules();
@@ -228,8 +250,11 @@ fn run() -> Result<(), RuntimeError> {
                 let ms = t2.elapsed().as_secs_f64() * 1e3 / args.iters as f64;
                 let roof_ms = (bytes_in + bytes_out) as f64 / bw * 1e3;
                 println!(
-                    "{{\"kind\":\"rlo\",\"objective\":\"{name}\",\"B\":{b},\"T\":{t},\"dtype\":\"{}\",\"ms\":{ms:.4},\"roofline_ms\":{roof_ms:.4},\"bytes\":{},\"cold_compile_ms\":{cold_ms:.1},\"cached_load_ms\":{cached_ms:.2},\"passes\":{},\"kernels\":{}}}",
+                    "{{\"kind\":\"rlo\",\"objective\":\"{name}\",\"B\":{b},\"T\":{t},\"dtype\":\"{}\",\"variant\":\"{}\",\"model_bytes_per_token\":{},\"model_ratio\":{:.3},\"ms\":{ms:.4},\"roofline_ms\":{roof_ms:.4},\"bytes\":{},\"cold_compile_ms\":{cold_ms:.1},\"cached_load_ms\":{cached_ms:.2},\"passes\":{},\"kernels\":{}}}",
                     dtype.c_type(),
+                    if plain { "plain" } else { "fused" },
+                    obj.program.traffic.dram_read() + obj.program.traffic.written(),
+                    obj.program.traffic.ratio(),
                     bytes_in + bytes_out,
                     c.schedule.token_passes(),
                     obj.program.launches.len()
