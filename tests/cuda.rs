@@ -239,6 +239,10 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
     let w7 = b.un(UnaryOp::Sqrt, w6);
     let w8 = b.bin(BinaryOp::Pow, w7, one);
     let w9 = b.un(UnaryOp::Log, w8);
+    let w10 = b.un(UnaryOp::Floor, w9);
+    let w11 = b.un(UnaryOp::Ceil, w10);
+    let w12 = b.un(UnaryOp::Round, w11);
+    let w9 = b.bin(BinaryOp::Add, w9, w12);
     let per_tok = b.bin(BinaryOp::Add, neg, w9);
     let rk = b.bin(BinaryOp::Mul, rank, brank);
     let per_tok = b.bin(BinaryOp::Add, per_tok, rk);

@@ -23,7 +23,8 @@ use check::*;
 use rlo_compiler::back::cuda::{
     emit, CudaOptions, CudaProgram, Grid, StorageType, TokLayout, FUSED_THREADS,
 };
-use rlo_compiler::Compiled;
+use rlo_compiler::data::Batch;
+use rlo_compiler::{Compiled, Module};
 use runner::{EmuLib, Order, RunOpts};
 use std::path::PathBuf;
 
@@ -501,7 +502,44 @@ objective turn_weight() {
     loss batch_sum(seq_sum(tv + logp) * r)
 }
 ";
-    let c = rlo_compiler::compile("turn_weight.rlo", text, &rlo_compiler::Options::default())
+    source_matches_interpreter("turn_weight.rlo", text, &small_batch);
+}
+
+/// `floor`, `ceil`, `round` (`floorf`, `ceilf`, `rintf`) on ties, signed zeros and large values.
+#[test]
+fn rounding_builtins() {
+    if !emulator_or_skip("rounding builtins") {
+        return;
+    }
+    let text = "
+objective rounding() {
+    input x: tok diff
+    loss batch_sum(x * floor(x) + 2 * ceil(x) + round(x) * x)
+    output f = floor(x)
+    output c = ceil(x)
+    output r = round(x)
+}
+";
+    let xs = [
+        -2.5, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.5, -3.75, 3.75, 1.0, -1.0, 123456.5,
+        -123456.5, 0.25, 0.001, -0.001, 8388607.5,
+    ];
+    let batch = |m: &Module, seed: u64| {
+        let mut b = small_batch(m, seed);
+        for v in b.values.values_mut() {
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = xs[(i + seed as usize) % xs.len()];
+            }
+        }
+        b
+    };
+    source_matches_interpreter("rounding.rlo", text, &batch);
+}
+
+/// Compiles `text`, emits it packed and padded (f32), and runs both in the emulator on four
+/// batches from `batch` in every thread order, against the interpreter.
+fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u64) -> Batch) {
+    let c = rlo_compiler::compile(name, text, &rlo_compiler::Options::default())
         .unwrap_or_else(|f| panic!("{}", f.render(false)));
     let progs: Vec<CudaProgram> = [TokLayout::Packed, TokLayout::Padded]
         .iter()
@@ -521,10 +559,10 @@ objective turn_weight() {
             s: &c.schedule,
         };
         for seed in 0..4 {
-            let b = small_batch(&c.module, seed);
+            let b = batch(&c.module, seed);
             let o = small_blocks(RunOpts::default());
             check(&pr, &b, &[], o, &ALL_ORDERS)
-                .unwrap_or_else(|e| panic!("{:?} seed {seed}: {e}", p.layout));
+                .unwrap_or_else(|e| panic!("{name} {:?} seed {seed}: {e}", p.layout));
         }
     }
 }

@@ -152,6 +152,30 @@ fn elementwise_derived_builtins() {
     close(&output(&m, &e, "f"), &[0.0, 0.0, 2.0]);
 }
 
+/// `floor`, `ceil`, `round` (ties to even, as `torch.round`); no gradient flows through them.
+#[test]
+fn rounding_builtins() {
+    let src = "objective o() {
+        input x: tok diff
+        loss batch_sum(x * floor(x) + 2 * ceil(x) + round(x) * x)
+        output f = floor(x)
+        output c = ceil(x)
+        output r = round(x)
+    }";
+    let xs = [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, -3.75, 3.75, 2.0, 0.001];
+    let l = Layout::single_turn(&[xs.len()], vec![0]);
+    let (m, e) = eval(src, &l, &[("x", xs.to_vec())]);
+    let f = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, -4.0, 3.0, 2.0, 0.0];
+    let c = [-2.0, -1.0, -0.0, 1.0, 2.0, 3.0, -3.0, 4.0, 2.0, 1.0];
+    let r = [-2.0, -2.0, -0.0, 0.0, 2.0, 2.0, -4.0, 4.0, 2.0, 0.0];
+    close(&output(&m, &e, "f"), &f);
+    close(&output(&m, &e, "c"), &c);
+    close(&output(&m, &e, "r"), &r);
+    // d/dx = floor(x) + round(x): the rounded factors are constants to the gradient
+    let g: Vec<f64> = f.iter().zip(&r).map(|(a, b)| a + b).collect();
+    close(&e.grads[0], &g);
+}
+
 #[test]
 fn valid_programs_run_on_random_batches_without_nan_losses() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/pass");

@@ -436,6 +436,29 @@ fn degenerate_batches() {
     }
 }
 
+/// `floor`/`ceil`/`round` (Cranelift `floor`/`ceil`/`nearest`, scalar and f32x4) on ties,
+/// signed zeros and large values: the same as the interpreter, in f32 and f64 mode.
+#[test]
+fn rounding_builtins() {
+    let text = "objective o() {
+        input x: tok diff
+        loss batch_sum(x * floor(x) + 2 * ceil(x) + round(x) * x)
+        output f = floor(x)
+        output c = ceil(x)
+        output r = round(x)
+    }";
+    let c = compile("rounding.rlo", text, &Options::default()).expect("compiles");
+    let xs = [
+        -2.5, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.5, -3.75, 3.75, 1.0, -1.0, 123456.5,
+        -123456.5, 0.25, 0.001, -0.001, 8388607.5,
+    ];
+    // 13 tokens (three f32x4 steps and a tail) and 6 (one step and a tail of 2)
+    let layout = Layout::single_turn(&[13, 6], vec![0, 0]);
+    let values = BTreeMap::from([("x".to_string(), xs.to_vec())]);
+    let b = Batch { layout, values };
+    check(&c.module, &c.schedule, &b, &[]).unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn bad_batches_are_errors_not_panics() {
     let text = std::fs::read_to_string(stdlib_dir().join("grpo.rlo")).expect("grpo");

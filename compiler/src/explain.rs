@@ -337,6 +337,9 @@ fn unary_name(op: UnaryOp) -> &'static str {
         UnaryOp::Sigmoid => "sigmoid",
         UnaryOp::Softplus => "softplus",
         UnaryOp::Tanh => "tanh",
+        UnaryOp::Floor => "floor",
+        UnaryOp::Ceil => "ceil",
+        UnaryOp::Round => "round",
     }
 }
 

@@ -170,7 +170,10 @@ fn check_node(m: &Module, h: Handle<Expr>, e: &Expr) -> Result<(), String> {
                 | UnaryOp::Abs
                 | UnaryOp::Sigmoid
                 | UnaryOp::Softplus
-                | UnaryOp::Tanh => (F32, F32),
+                | UnaryOp::Tanh
+                | UnaryOp::Floor
+                | UnaryOp::Ceil
+                | UnaryOp::Round => (F32, F32),
             };
             expect(t(arg) == Ty::new(ty.level, from), || {
                 format!("{op:?} operand is {}, expected {} {from}", t(arg), ty.level)

@@ -151,8 +151,11 @@ fn unary(
     Some(match op {
         // f = −x ; dx = −g
         UnaryOp::Neg => b.neg(g),
-        // bool → bool / bool → f32: no gradient
-        UnaryOp::Not | UnaryOp::ToF32 => return None,
+        // bool → bool / bool → f32: no gradient; floor/ceil/round: zero almost everywhere and
+        // undefined at the integers, where PyTorch also gives 0
+        UnaryOp::Not | UnaryOp::ToF32 | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => {
+            return None
+        }
         // f = exp(x) ; dx = g·f
         UnaryOp::Exp => b.mul(g, h),
         // f = log(x) ; dx = g / x

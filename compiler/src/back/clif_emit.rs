@@ -523,6 +523,9 @@ impl Fx<'_, '_, '_> {
                     UnaryOp::Sigmoid => self.math("sigmoid", &[x])?,
                     UnaryOp::Softplus => self.math("softplus", &[x])?,
                     UnaryOp::Tanh => self.math("tanh", &[x])?,
+                    UnaryOp::Floor => self.b.ins().floor(x),
+                    UnaryOp::Ceil => self.b.ins().ceil(x),
+                    UnaryOp::Round => self.b.ins().nearest(x),
                 })
             }
             Expr::Binary { op, lhs, rhs } => {

@@ -359,6 +359,9 @@ impl Fx<'_, '_, '_> {
                     UnaryOp::Sigmoid => self.per_lane("sigmoid", &[x])?,
                     UnaryOp::Softplus => self.per_lane("softplus", &[x])?,
                     UnaryOp::Tanh => self.per_lane("tanh", &[x])?,
+                    UnaryOp::Floor => self.b.ins().floor(x),
+                    UnaryOp::Ceil => self.b.ins().ceil(x),
+                    UnaryOp::Round => self.b.ins().nearest(x),
                 })
             }
             Expr::Binary { op, lhs, rhs } => {

@@ -285,6 +285,10 @@ pub(super) fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Lev
                 UnaryOp::Sigmoid => format!("rlo_sigmoid({a})"),
                 UnaryOp::Softplus => format!("rlo_softplus({a})"),
                 UnaryOp::Tanh => format!("tanhf({a})"),
+                UnaryOp::Floor => format!("floorf({a})"),
+                UnaryOp::Ceil => format!("ceilf({a})"),
+                // ties to even, like torch.round (in the default rounding mode)
+                UnaryOp::Round => format!("rintf({a})"),
             }
         }
         Expr::Binary { op, lhs, rhs } => {

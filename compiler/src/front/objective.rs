@@ -193,7 +193,7 @@ fn dtype_only(ty: &ast::TypeAnn) -> bool {
 }
 
 /// Whether a gradient can flow from `root` to a `diff` input (not through `detach`, a bool, a
-/// rank, a filter or a quantile's `q`).
+/// rank, `floor`/`ceil`/`round`, a filter or a quantile's `q`).
 fn depends_on_diff(m: &ir::Module, root: H) -> bool {
     let mut dep = vec![false; m.exprs.len()];
     for (h, e) in m.exprs.iter() {
@@ -206,7 +206,12 @@ fn depends_on_diff(m: &ir::Module, root: H) -> bool {
             | Expr::Index(_)
             | Expr::Detach { .. }
             | Expr::Rank { .. } => false,
-            Expr::Unary { op, arg } => *op != UnaryOp::ToF32 && d(arg),
+            Expr::Unary { op, arg } => {
+                !matches!(
+                    op,
+                    UnaryOp::ToF32 | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round
+                ) && d(arg)
+            }
             Expr::Binary { lhs, rhs, .. } => d(lhs) || d(rhs),
             Expr::Select {
                 on_true, on_false, ..

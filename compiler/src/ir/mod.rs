@@ -253,6 +253,12 @@ pub enum UnaryOp {
     /// log(1 + exp(x)), computed without overflow: max(x, 0) + log1p(exp(−|x|)).
     Softplus,
     Tanh,
+    /// Largest integer ≤ x. Gradient 0 (PyTorch: `floor`, `ceil`, `round` pass no gradient).
+    Floor,
+    /// Smallest integer ≥ x. Gradient 0.
+    Ceil,
+    /// Nearest integer, ties to even (`torch.round`). Gradient 0.
+    Round,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -62,6 +62,9 @@ pub fn unary(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Softplus => softplus(x),
         UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Floor => x.floor(),
+        UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Round => x.round_ties_even(),
     }
 }
 
