@@ -569,52 +569,30 @@ fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u6
 
 /// `rlo_seq_scan` / `rlo_block_scan_affine` of `rlo_common.cuh` with the last `__syncthreads()`
 /// of the block scan removed: a warp that has read the block total goes on to the next chunk and
-/// overwrites its warp partial while a later warp still has to read it.
-const RACY_SCAN: &str = "
-__device__ rlo_affine rlo_racy_scan_affine(rlo_affine v, rlo_affine* total) {
-    __shared__ rlo_affine part[32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
-    for (int o = 1; o < 32; o <<= 1) {
-        rlo_affine u;
-        u.a = __shfl_up_sync(0xffffffffu, v.a, o);
-        u.b = __shfl_up_sync(0xffffffffu, v.b, o);
-        if (lane >= o) { v = rlo_affine_then(u, v); }
-    }
-    if (lane == 31) { part[warp] = v; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int k = 1; k < nwarps; ++k) { part[k] = rlo_affine_then(part[k - 1], part[k]); }
-    }
-    __syncthreads();
-    if (warp > 0) { v = rlo_affine_then(part[warp - 1], v); }
-    *total = part[nwarps - 1];
-    return v;
+/// overwrites its warp partial while a later warp still has to read it. Cut from the helpers'
+/// own text, so the mutant follows any change to them.
+fn racy_scan() -> String {
+    let common = rlo_runtime::cuda::COMMON_CUH;
+    let function = |start: &str| -> &str {
+        let a = common
+            .find(start)
+            .unwrap_or_else(|| panic!("{start} not in rlo_common.cuh"));
+        let len = common[a..].find("\n}\n").expect("function end") + 3;
+        &common[a..a + len]
+    };
+    let block = function("__device__ rlo_affine rlo_block_scan_affine(");
+    let last_barrier = "    __syncthreads();\n    return v;\n}\n";
+    assert!(block.ends_with(last_barrier), "block scan changed: {block}");
+    let block = format!(
+        "{}    return v;\n}}\n",
+        &block[..block.len() - last_barrier.len()]
+    );
+    let seq = function("template <class X, class D, class S>\n__device__ void rlo_seq_scan(");
+    format!("{block}{seq}")
+        .replace("rlo_block_scan_affine", "rlo_racy_scan_affine")
+        .replace("rlo_seq_scan", "rlo_racy_seq_scan")
+        + "#define rlo_seq_scan rlo_racy_seq_scan\n"
 }
-template <class X, class D, class S>
-__device__ void rlo_racy_seq_scan(int kind, long long len, X x, D d, S st) {
-    float carry = 0.0f;
-    for (long long base = 0; base < len; base += blockDim.x) {
-        const long long r = base + threadIdx.x;
-        const bool live = r < len;
-        const bool fwd = kind == RLO_SCAN_CUMSUM || kind == RLO_SCAN_DISCOUNTED_FWD;
-        const long long t = fwd ? r : len - 1 - r;
-        rlo_affine e;
-        e.a = 1.0f;
-        e.b = 0.0f;
-        if (live) {
-            e.b = x(t);
-            if (kind == RLO_SCAN_DISCOUNTED) { e.a = (t == len - 1) ? 0.0f : d(t); }
-            if (kind == RLO_SCAN_DISCOUNTED_FWD) { e.a = (t == 0) ? 0.0f : d(t - 1); }
-        }
-        rlo_affine total;
-        const rlo_affine p = rlo_racy_scan_affine(e, &total);
-        if (live) { st(t, p.a * carry + p.b); }
-        carry = total.a * carry + total.b;
-    }
-    __syncthreads();
-}
-#define rlo_seq_scan rlo_racy_seq_scan
-";
 
 /// The thread orders catch a race on shared memory inside a helper (which neither the stale
 /// workspace nor the canaries can see): reinforce_pp's token returns through a block scan with
@@ -640,7 +618,7 @@ fn emulator_catches_a_shared_memory_race() {
         "reinforce_pp scans tokens"
     );
     let mut racy = good.clone();
-    racy.source = format!("{RACY_SCAN}\n{}", good.source);
+    racy.source = format!("{}\n{}", racy_scan(), good.source);
     let lib = EmuLib::build(&[&good, &racy]).unwrap_or_else(|e| panic!("{e}"));
     let prog = |i: usize, p| Prog {
         lib: &lib,
