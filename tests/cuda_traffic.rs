@@ -143,3 +143,25 @@ fn stdlib_token_traffic() {
         "the objectives above the traffic roofline changed"
     );
 }
+
+/// The scheduler moves a metric's reductions to the pass that reads their inputs anyway (PPO's
+/// approx_kl and ratio_mean join the loss pass: 2.17 -> 1.83 of the roofline), and only then:
+/// ORPO's NLL sum stays in the pass that reads `logp` (moving it to the gradient pass, which
+/// does not, would add a sweep over `logp`).
+#[test]
+fn metrics_join_the_pass_that_reads_their_inputs() {
+    let ratio = |name: &str| {
+        let c = compile(name);
+        program(&c, TokLayout::Padded, StorageType::F32, false).traffic
+    };
+    let ppo = ratio("ppo");
+    assert!(ppo.ratio() < 1.9, "ppo: {}", ppo.summary());
+    for name in ["orpo", "simpo"] {
+        let t = ratio(name);
+        assert!(
+            t.ratio() <= 1.0 && t.reread() == 0,
+            "{name}: {}",
+            t.summary()
+        );
+    }
+}
