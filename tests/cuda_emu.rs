@@ -536,6 +536,54 @@ objective rounding() {
     source_matches_interpreter("rounding.rlo", text, &batch);
 }
 
+/// Batch ranks of token values go through the multi-block radix sort (`Grid::Tiles` launches):
+/// heavy ties (rounded values, `-0` and `+0`), batches of one tile and of several (> 4096
+/// slots), blocks capped at 64 threads, packed and padded.
+#[test]
+fn batch_ranks_by_radix_sort() {
+    if !emulator_or_skip("batch ranks") {
+        return;
+    }
+    let text = "
+objective ranks() {
+    input x: tok diff
+    input y: tok
+    let r = batch_rank(x)
+    loss batch_sum(x * r) / max(num_tokens, 1)
+    output r = r
+    output ties = batch_rank(round(y * 4))
+    metric top3 = batch_mean(batch_rank(-x) < 3)
+}
+";
+    let c = rlo_compiler::compile("ranks.rlo", text, &rlo_compiler::Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let p = emit(
+        &c.module,
+        &c.schedule,
+        &opts(TokLayout::Padded, StorageType::F32),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tiles = p.launches.iter().filter(|l| l.grid == Grid::Tiles).count();
+    assert_eq!(tiles, 3 * 17, "three ranks, 17 tile launches each: {tiles}");
+    let batch = |m: &Module, seed: u64| {
+        let mut b = if seed.is_multiple_of(2) {
+            small_batch(m, seed)
+        } else {
+            wide_batch(m, seed, 48, 400)
+        };
+        if let Some(y) = b.values.get_mut("y") {
+            for (i, v) in y.iter_mut().enumerate() {
+                // about half exact ties, some -0.0 (round(-0.1 * 4)) next to +0.0
+                if i % 3 == 0 {
+                    *v = -0.1 * (i % 2) as f64;
+                }
+            }
+        }
+        b
+    };
+    source_matches_interpreter("ranks.rlo", text, &batch);
+}
+
 /// Compiles `text`, emits it packed and padded (f32), and runs both in the emulator on four
 /// batches from `batch` in every thread order, against the interpreter.
 fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u64) -> Batch) {

@@ -260,6 +260,129 @@ __device__ float rlo_serial_quantile(E each, float q) {
 }
 
 // -----------------------------------------------------------------------------------------------
+// ranks of token values over the whole batch: a stable LSD radix sort of (key, slot) pairs,
+// 4-bit digits, 8 passes (hist -> scan -> scatter each), over tiles of RLO_SORT_TILE slots.
+// Deterministic without atomics: every count is a fixed-order serial sum, and the scatter is
+// stable (a tile's slots go in slot order), so equal keys keep slot order: the rank tie-break.
+// Keys, slots and counts are stored as bit patterns in float buffers (never used as numbers).
+
+#define RLO_SORT_TILE 4096
+#define RLO_SORT_MAX_THREADS 256
+
+// The rank order as an unsigned key: IEEE order, -0 == +0, every NaN equal and after +inf;
+// 0xffffffff (after NaN) marks padding slots.
+__device__ __forceinline__ unsigned rlo_rank_key(float x) {
+    if (x != x) { return 0xfffffffeu; }
+    return rlo_key(x == 0.0f ? 0.0f : x);
+}
+
+__device__ __forceinline__ long long rlo_sort_tiles(long long n) {
+    return (n + RLO_SORT_TILE - 1) / RLO_SORT_TILE;
+}
+
+// Thread u of the block counts the digits of its contiguous share of slots [lo, hi) into
+// cnt[d * blockDim.x + u].
+__device__ void rlo_sort_count(const float* key, long long lo, long long hi, int shift,
+                               unsigned* cnt) {
+    const int nt = blockDim.x, u = threadIdx.x;
+    const long long per = (RLO_SORT_TILE + nt - 1) / nt;
+    for (int d = 0; d < 16; ++d) { cnt[d * nt + u] = 0u; }
+    const long long a = lo + u * per;
+    const long long b = a + per < hi ? a + per : hi;
+    for (long long i = a; i < b; ++i) {
+        ++cnt[((__float_as_uint(key[i]) >> shift) & 15u) * nt + u];
+    }
+    __syncthreads();
+}
+
+// hist[d * n_tiles + tile]: how many keys of the tile have digit d at `shift`.
+__device__ void rlo_sort_hist(const float* key, long long n, int shift, float* hist) {
+    __shared__ unsigned cnt[16 * RLO_SORT_MAX_THREADS];
+    const long long n_tiles = rlo_sort_tiles(n);
+    for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const long long lo = tile * RLO_SORT_TILE;
+        const long long hi = lo + RLO_SORT_TILE < n ? lo + RLO_SORT_TILE : n;
+        rlo_sort_count(key, lo, hi, shift, cnt);
+        if (threadIdx.x < 16) {
+            unsigned c = 0;
+            for (int u = 0; u < (int)blockDim.x; ++u) { c += cnt[threadIdx.x * blockDim.x + u]; }
+            hist[threadIdx.x * n_tiles + tile] = __uint_as_float(c);
+        }
+        __syncthreads();
+    }
+}
+
+// Exclusive prefix sums of hist[0, len) in place (one block): digit-major, so entry (d, tile)
+// becomes where the tile's keys with digit d start in the output.
+__device__ void rlo_sort_scan(float* hist, long long len) {
+    __shared__ unsigned part[1024];
+    const int nt = blockDim.x, u = threadIdx.x;
+    const long long per = (len + nt - 1) / nt;
+    const long long a = u * per;
+    const long long b = a + per < len ? a + per : len;
+    unsigned c = 0;
+    for (long long i = a; i < b; ++i) { c += __float_as_uint(hist[i]); }
+    part[u] = c;
+    __syncthreads();
+    if (u == 0) {
+        unsigned run = 0;
+        for (int k = 0; k < nt; ++k) {
+            const unsigned x = part[k];
+            part[k] = run;
+            run += x;
+        }
+    }
+    __syncthreads();
+    unsigned run = part[u];
+    for (long long i = a; i < b; ++i) {
+        const unsigned x = __float_as_uint(hist[i]);
+        hist[i] = __uint_as_float(run);
+        run += x;
+    }
+    __syncthreads();
+}
+
+// One stable counting-sort pass by the digit at `shift`: (key, slot) -> (key_out, slot_out).
+__device__ void rlo_sort_scatter(const float* key, const float* slot, float* key_out,
+                                 float* slot_out, long long n, int shift, const float* hist) {
+    __shared__ unsigned cnt[16 * RLO_SORT_MAX_THREADS];
+    const long long n_tiles = rlo_sort_tiles(n);
+    const int nt = blockDim.x, u = threadIdx.x;
+    for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const long long lo = tile * RLO_SORT_TILE;
+        const long long hi = lo + RLO_SORT_TILE < n ? lo + RLO_SORT_TILE : n;
+        rlo_sort_count(key, lo, hi, shift, cnt);
+        if (u < 16) {
+            unsigned run = __float_as_uint(hist[u * n_tiles + tile]);
+            for (int k = 0; k < nt; ++k) {
+                const unsigned x = cnt[u * nt + k];
+                cnt[u * nt + k] = run;
+                run += x;
+            }
+        }
+        __syncthreads();
+        const long long per = (RLO_SORT_TILE + nt - 1) / nt;
+        const long long a = lo + u * per;
+        const long long b = a + per < hi ? a + per : hi;
+        for (long long i = a; i < b; ++i) {
+            const float k = key[i];
+            const unsigned at = cnt[((__float_as_uint(k) >> shift) & 15u) * nt + u]++;
+            key_out[at] = k;
+            slot_out[at] = slot[i];
+        }
+        __syncthreads();
+    }
+}
+
+// rank[slot of the k-th sorted key] = k for the n_valid real tokens (sorted first); 0 at padding.
+__device__ void rlo_sort_place(const float* slot, long long n, long long n_valid, float* rank) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += step) {
+        rank[__float_as_uint(slot[k])] = k < n_valid ? (float)k : 0.0f;
+    }
+}
+
+// -----------------------------------------------------------------------------------------------
 // padded layouts: lengths from a right-padded mask (one block per sequence, grid-stride).
 // err[0] is set to 1 when a mask is not a prefix (a valid token after a padded one).
 

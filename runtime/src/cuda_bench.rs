@@ -7,8 +7,8 @@
 //! `rlo-bench-cuda [--stdlib DIR] [--objectives grpo,dapo,gspo] [--shapes 1024x4096,4096x8192]
 //!                 [--dtypes f32,bf16] [--variants fused,plain] [--iters 20]`
 //!
-//! `--variants plain` times the program with seq-local fusion and recomputation turned off
-//! (`CudaOptions::disable_*`), to measure what they save; each line carries the traffic model's
+//! `--variants plain` times the program with seq-local fusion, recomputation and the batch-rank
+//! sort turned off (`CudaOptions::disable_*`), to measure what they save; each line carries the traffic model's
 //! bytes per token and its ratio to the model's roofline.
 #![allow(unsafe_code)]
 
@@ -147,6 +147,7 @@ fn run() -> Result<(), RuntimeError> {
                 sources: None,
                 disable_fusion: plain,
                 disable_remat: plain,
+                disable_sort: plain,
             };
             // cold: parse -> IR -> schedule -> CUDA -> NVRTC -> loaded module
             dev.clear_modules();

@@ -8,7 +8,7 @@ use cudarc::driver::{
 };
 use rlo_compiler::back::cuda::{
     emit, CudaOptions, CudaProgram, Grid, Slot, StorageType, TokLayout, CTX_HEADER_WORDS,
-    CTX_MAX_WORDS,
+    CTX_MAX_WORDS, SORT_TILE,
 };
 use rlo_compiler::{Batch, Compiled, Evaluation, Layout, Level};
 
@@ -316,9 +316,9 @@ impl Workspace {
         for s in &p.slots {
             bufs.push(match s {
                 Slot::Input(_) => None,
-                Slot::Buffer { level, .. } => Some(
+                Slot::Buffer { level, extra, .. } => Some(
                     stream
-                        .alloc_zeros::<f32>(lay.count(*level).max(1))
+                        .alloc_zeros::<f32>((lay.count(*level) + extra).max(1))
                         .map_err(drv("workspace alloc"))?,
                 ),
             });
@@ -488,11 +488,13 @@ impl CudaObjective {
         }
         let ctx = CtxArg(w);
         let seq_blocks = lay.n_seqs.clamp(1, 1 << 20) as u32;
+        let tile_blocks = lay.count(Level::Tok).div_ceil(SORT_TILE).clamp(1, 1 << 20) as u32;
         for (f, grid, threads) in &self.functions {
             let cfg = LaunchConfig {
                 grid_dim: match grid {
                     Grid::PerSequence => (seq_blocks, 1, 1),
                     Grid::Single => (1, 1, 1),
+                    Grid::Tiles => (tile_blocks, 1, 1),
                 },
                 block_dim: (*threads, 1, 1),
                 shared_mem_bytes: 0,

@@ -16,6 +16,7 @@ use std::process::Command;
 
 use rlo_compiler::back::cuda::{
     CudaProgram, Grid, RootLoc, Slot, StorageType, TokLayout, CTX_HEADER_WORDS, CTX_MAX_WORDS,
+    SORT_TILE,
 };
 use rlo_compiler::{Batch, DType, Evaluation, Level, Module};
 use rlo_runtime::cuda::{HostLayout, COMMON_CUH};
@@ -493,9 +494,9 @@ pub fn run(
                     Guarded::new(format!("input {}", inp.name), pack(ty, v))
                 }
             }
-            Slot::Buffer { name, level } => Guarded::new(
+            Slot::Buffer { name, level, extra } => Guarded::new(
                 format!("buffer {name}"),
-                std::iter::repeat_n(POISON, count(*level)),
+                std::iter::repeat_n(POISON, count(*level) + extra),
             ),
         });
     }
@@ -521,6 +522,10 @@ pub fn run(
             let (grid, block) = match ln.grid {
                 Grid::PerSequence => (b.clamp(1, 1 << 20) as u32, ln.threads.min(o.pass_threads)),
                 Grid::Single => (1, ln.threads.min(o.small_threads)),
+                Grid::Tiles => (
+                    count(Level::Tok).div_ceil(SORT_TILE).clamp(1, 1 << 20) as u32,
+                    ln.threads.min(o.pass_threads),
+                ),
             };
             let mut err = vec![0u8; 1024];
             // SAFETY: `w` holds the RloCtx of this program (size checked above): pointers into

@@ -38,6 +38,8 @@ use crate::schedule::{Schedule, StageKind};
 use crate::types::Level;
 use rlo_grammar::SourceMap;
 
+#[path = "cuda_check.rs"]
+mod check;
 #[path = "cuda_emit.rs"]
 mod emit_kernels;
 #[path = "cuda_fuse.rs"]
@@ -102,6 +104,9 @@ pub struct CudaOptions {
     pub disable_fusion: bool,
     /// Store every token value a later kernel reads instead of recomputing it (for comparisons).
     pub disable_remat: bool,
+    /// Rank token values over the batch by the one-block O(n²) loop of a small stage instead of
+    /// the multi-block radix sort (see `cuda_sort` in `cuda_fuse.rs`; for comparisons).
+    pub disable_sort: bool,
 }
 
 /// How many blocks a kernel is launched with.
@@ -111,7 +116,13 @@ pub enum Grid {
     PerSequence,
     /// One block.
     Single,
+    /// One block per [`SORT_TILE`] token slots (the runtime may cap the grid; the kernels loop
+    /// over tiles): the radix sort of batch ranks.
+    Tiles,
 }
+
+/// Token slots per block of a [`Grid::Tiles`] launch (`RLO_SORT_TILE` in `rlo_common.cuh`).
+pub const SORT_TILE: usize = 4096;
 
 /// Threads per block of a token pass.
 pub const PASS_THREADS: u32 = 256;
@@ -136,8 +147,13 @@ pub enum Slot {
     /// `inputs[i]`, stored at its level (token f32 inputs in `tok_dtype`).
     Input(u32),
     /// A device buffer of f32 with one value per element of `level` (token level: `n_tokens`
-    /// packed, `B * T` padded). `name` is the C field name (`v12`, `q12`, `c12`, `r3`).
-    Buffer { name: String, level: Level },
+    /// packed, `B * T` padded), plus `extra` more. `name` is the C field name (`v12`, `q12`,
+    /// `c12`, `r3`; `ka12`, `kb12`, `ia12`, `ib12`, `h12` for the sort of a batch rank).
+    Buffer {
+        name: String,
+        level: Level,
+        extra: usize,
+    },
 }
 
 /// Where a root (loss, metric, gradient, output) can be read after the last launch.
@@ -204,6 +220,30 @@ pub(crate) enum KernelKind {
     Pass,
     Fin,
     Small,
+    /// One step of the radix sort that ranks token values over the batch (`nodes`: the rank).
+    Sort(SortStep),
+}
+
+/// The launches of one batch rank's sort, in order: keys, then for each 4-bit digit `j` (of 8)
+/// hist, scan, scatter, then place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SortStep {
+    Keys,
+    Hist(u32),
+    Scan(u32),
+    Scatter(u32),
+    Place,
+}
+
+impl SortStep {
+    /// The buffers (`a` or `b`) digit pass `j` reads keys and slots from, and writes them to.
+    pub(crate) fn buffers(j: u32) -> (&'static str, &'static str) {
+        if j.is_multiple_of(2) {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        }
+    }
 }
 
 /// Where and how a node is computed.
@@ -302,8 +342,13 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
         .map(|k| Launch {
             kernel: k.name.clone(),
             grid: match k.kind {
-                KernelKind::Pass => Grid::PerSequence,
-                KernelKind::Fin | KernelKind::Small => Grid::Single,
+                KernelKind::Pass | KernelKind::Sort(SortStep::Keys) => Grid::PerSequence,
+                KernelKind::Fin | KernelKind::Small | KernelKind::Sort(SortStep::Scan(_)) => {
+                    Grid::Single
+                }
+                KernelKind::Sort(SortStep::Hist(_) | SortStep::Scatter(_) | SortStep::Place) => {
+                    Grid::Tiles
+                }
             },
             threads: k.threads,
         })
@@ -327,6 +372,14 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
     let metrics = roots.by_ref().take(m.metrics.len()).collect();
     let grads: Vec<RootLoc> = roots.by_ref().take(m.grads.len()).collect();
     let outputs: Vec<RootLoc> = roots.collect();
+    let sorts: Vec<(String, usize, SortStep)> = plan
+        .kernels
+        .iter()
+        .filter_map(|k| match (k.kind, k.nodes.first()) {
+            (KernelKind::Sort(step), Some(h)) => Some((k.name.clone(), h.index(), step)),
+            _ => None,
+        })
+        .collect();
     let traffic = traffic::of_program(
         m,
         opts,
@@ -334,6 +387,7 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
         &launches,
         &slots,
         grads.iter().chain(&outputs),
+        &sorts,
     );
     out.push_str(&format!("// traffic model: {}\n", traffic.summary()));
     Ok(CudaProgram {
@@ -402,7 +456,18 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
             continue;
         }
         let stage = &s.stages[k];
-        let computed = fuse::computed(m, &canon, stage);
+        let mut computed = fuse::computed(m, &canon, stage);
+        if stage.kind == StageKind::Small && !opts.disable_sort {
+            // batch ranks of token values computed by an earlier kernel: sorted, not O(n²)
+            let (sorted, rest): (Vec<_>, Vec<_>) = computed.iter().partition(|&&h| {
+                matches!(m.exprs[h], Expr::Rank { arg, within: Level::Batch }
+                    if m.level(arg) == Level::Tok && !computed.contains(&canon[arg]))
+            });
+            for h in sorted {
+                fuse::add_sort(&ident, k, h, &mut role, &mut kernels);
+            }
+            computed = rest;
+        }
         match stage.kind {
             StageKind::TokenPass if computed.is_empty() => {}
             StageKind::TokenPass => {
@@ -429,7 +494,7 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         early: HandleVec::new(n, false),
         kernels,
     };
-    check_and_mark(&mut p)?;
+    check::check_and_mark(&mut p)?;
     Ok(p)
 }
 
@@ -444,287 +509,11 @@ pub(crate) fn ready_kernel(r: Role) -> Option<usize> {
     }
 }
 
-/// Checks that every operand is available where it is read, assigns sweeps, and marks the nodes
-/// that must be stored per element and the per-sequence prologue of each pass.
-fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
-    let m = p.m;
-    let nk = p.kernels.len();
-    let mut prologue: Vec<Vec<Handle<Expr>>> = vec![Vec::new(); nk];
-    // token values read by a later kernel or sweep (and the reading kernel): stored or recomputed
-    let mut reads: Vec<(Handle<Expr>, usize)> = Vec::new();
-    // depends on an accumulator of its own pass (coarse nodes only)
-    let mut after_acc: HandleVec<Expr, bool> = HandleVec::new(m.exprs.len(), false);
-    for (h, e) in m.exprs.iter() {
-        let ops: Vec<Handle<Expr>> = e.operands().into_iter().map(|o| p.canon[o]).collect();
-        let kernel_of_h = ready_kernel(p.role[h]);
-        after_acc[h] = ops.iter().any(|&o| {
-            matches!(p.role[o], Role::Acc { kernel, .. } if Some(kernel + 1) == kernel_of_h)
-                || after_acc[o]
-        });
-        match p.role[h] {
-            Role::None => {}
-            Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
-                let is_scan = matches!(e, Expr::Scan { .. })
-                    || matches!(
-                        e,
-                        Expr::Reduce {
-                            to: Level::Turn,
-                            ..
-                        }
-                    );
-                let needs_all = matches!(e, Expr::Rank { .. } | Expr::PosReduce { .. });
-                // the first sweep of its pass (fused kernels: the pass's index)
-                let base = match p.role[h] {
-                    Role::Tok { sweep, .. } | Role::Acc { sweep, .. } => sweep,
-                    Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => 0,
-                };
-                let fused = p.kernels.get(kernel).is_some_and(|k| !k.fused.is_empty());
-                let mut sweep = base;
-                let mut body_op = false;
-                for &o in &ops {
-                    match p.role[o] {
-                        Role::None => {}
-                        Role::Tok {
-                            kernel: ko,
-                            sweep: so,
-                        } if ko == kernel => {
-                            if needs_all {
-                                return Err(err(m, h, "needs all sequences of a value computed in the same pass (schedule error)"));
-                            }
-                            sweep = sweep.max(so);
-                            body_op = true;
-                            if is_scan {
-                                p.stored[o] = true;
-                            }
-                        }
-                        Role::Acc {
-                            kernel: ko,
-                            sweep: so,
-                            ..
-                        } if ko == kernel => {
-                            if !(fused && so < base && m.level(o) == Level::Seq) {
-                                return Err(err(
-                                    m,
-                                    h,
-                                    "reads a reduction of its own pass (schedule error)",
-                                ));
-                            }
-                            p.early[o] = true;
-                        }
-                        Role::SeqLocal {
-                            kernel: ko,
-                            sweep: so,
-                        } if ko == kernel => {
-                            if so > base {
-                                return Err(err(
-                                    m,
-                                    h,
-                                    "reads a per-sequence value of a later sweep",
-                                ));
-                            }
-                        }
-                        Role::Stmt { kernel: ko }
-                            if ko == kernel + 1
-                                && p.kernels.get(ko).is_some_and(|k| k.kind == KernelKind::Fin) =>
-                        {
-                            // a coarse node of this pass: recomputed per sequence if it can be
-                            if after_acc[o] || !elementwise(&m.exprs[o]) {
-                                return Err(err(
-                                    m,
-                                    h,
-                                    "reads a value finished after its own pass (schedule error)",
-                                ));
-                            }
-                            add_prologue(p, &mut prologue, kernel, o)?;
-                        }
-                        r @ (Role::Tok { .. }
-                        | Role::Acc { .. }
-                        | Role::SeqLocal { .. }
-                        | Role::Stmt { .. }) => {
-                            let ko = ready_kernel(r).unwrap_or(usize::MAX);
-                            if ko >= kernel {
-                                return Err(err(
-                                    m,
-                                    h,
-                                    "reads a value computed later (schedule error)",
-                                ));
-                            }
-                            if matches!(r, Role::Tok { .. }) && !is_scan {
-                                reads.push((o, kernel));
-                            } else {
-                                p.stored[o] = true;
-                            }
-                        }
-                    }
-                }
-                if matches!(e, Expr::Scan { .. }) && body_op {
-                    sweep += 1;
-                }
-                match &mut p.role[h] {
-                    Role::Tok { sweep: s, .. } | Role::Acc { sweep: s, .. } => *s = sweep,
-                    Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => {}
-                }
-                if is_scan {
-                    p.stored[h] = true;
-                }
-                if let Some(k) = p.kernels.get_mut(kernel) {
-                    k.sweeps = k.sweeps.max(sweep + 1);
-                }
-                if matches!(p.role[h], Role::Acc { fin: Some(_), .. }) {
-                    p.stored[h] = true;
-                }
-                if matches!(p.role[h], Role::Acc { fin: None, .. }) {
-                    p.stored[h] = true;
-                }
-            }
-            Role::SeqLocal { kernel, sweep } => {
-                for &o in &ops {
-                    match p.role[o] {
-                        Role::None => {}
-                        Role::Acc {
-                            kernel: ko,
-                            sweep: so,
-                            ..
-                        } if ko == kernel && so < sweep && m.level(o) == Level::Seq => {
-                            p.early[o] = true;
-                        }
-                        Role::SeqLocal { kernel: ko, .. } if ko == kernel && o < h => {}
-                        r @ (Role::Tok { .. }
-                        | Role::Acc { .. }
-                        | Role::SeqLocal { .. }
-                        | Role::Stmt { .. }) => {
-                            if ready_kernel(r).is_none_or(|ko| ko >= kernel) {
-                                return Err(err(
-                                    m,
-                                    h,
-                                    "reads a value computed later (fusion error)",
-                                ));
-                            }
-                            p.stored[o] = true;
-                        }
-                    }
-                }
-            }
-            Role::Stmt { kernel } => {
-                p.stored[h] = true;
-                for &o in &ops {
-                    match p.role[o] {
-                        Role::None => {}
-                        r @ (Role::Tok { .. }
-                        | Role::Acc { .. }
-                        | Role::SeqLocal { .. }
-                        | Role::Stmt { .. }) => {
-                            let ko = ready_kernel(r).unwrap_or(usize::MAX);
-                            let same_ok = ko == kernel && o < h;
-                            if ko > kernel || (ko == kernel && !same_ok) {
-                                return Err(err(
-                                    m,
-                                    h,
-                                    "reads a value computed later (schedule error)",
-                                ));
-                            }
-                            if !matches!(r, Role::Acc { .. }) {
-                                p.stored[o] = true;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // a body node read in a later sweep of its pass is stored or recomputed (scans read
-    // buffers)
-    for (h, e) in m.exprs.iter() {
-        let (kh, sh) = match p.role[h] {
-            Role::Tok { kernel, sweep } | Role::Acc { kernel, sweep, .. } => (kernel, sweep),
-            Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => continue,
-        };
-        let scan_like = matches!(
-            e,
-            Expr::Scan { .. }
-                | Expr::Reduce {
-                    to: Level::Turn,
-                    ..
-                }
-        );
-        for o in e.operands() {
-            let o = p.canon[o];
-            if let Role::Tok { kernel, sweep } = p.role[o] {
-                if kernel == kh && sweep < sh {
-                    if scan_like {
-                        p.stored[o] = true;
-                    } else {
-                        reads.push((o, kh));
-                    }
-                }
-            }
-        }
-    }
-    for r in root_handles(m) {
-        let c = p.canon[r];
-        if p.role[c] != Role::None && m.level(c) == m.level(r) {
-            p.stored[c] = true;
-            if m.level(c) == Level::Tok {
-                p.tok_root[c] = true;
-            }
-        }
-    }
-    // every needed node must have been scheduled
-    for r in root_handles(m) {
-        let c = p.canon[r];
-        if p.role[c] == Role::None && !is_inline(&m.exprs[c]) {
-            return Err(err(m, r, "a root is not in the schedule (schedule error)"));
-        }
-    }
-    fuse::resolve_reads(p, &reads);
-    p.prologue = prologue;
-    Ok(())
-}
-
 pub(crate) fn elementwise(e: &Expr) -> bool {
     matches!(
         e,
         Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. }
     )
-}
-
-fn add_prologue(
-    p: &Plan,
-    prologue: &mut [Vec<Handle<Expr>>],
-    kernel: usize,
-    h: Handle<Expr>,
-) -> Result<(), BackendError> {
-    let Some(list) = prologue.get_mut(kernel) else {
-        return Ok(());
-    };
-    if list.contains(&h) {
-        return Ok(());
-    }
-    // operands of a prologue node that are themselves coarse nodes of this pass come first
-    let mut todo = vec![h];
-    let mut all = Vec::new();
-    while let Some(x) = todo.pop() {
-        if all.contains(&x) || list.contains(&x) {
-            continue;
-        }
-        if !elementwise(&p.m.exprs[x]) || p.m.level(x) == Level::Turn {
-            return Err(err(
-                p.m,
-                x,
-                "a per-sequence value of a pass must be elementwise (schedule error)",
-            ));
-        }
-        all.push(x);
-        for o in p.m.exprs[x].operands() {
-            let o = p.canon[o];
-            if p.role[o] == (Role::Stmt { kernel: kernel + 1 }) {
-                todo.push(o);
-            }
-        }
-    }
-    list.extend(all);
-    list.sort();
-    Ok(())
 }
 
 /// Slots: inputs (in module order), then the buffers of stored nodes (arena order: `v<h>`, and
@@ -740,11 +529,13 @@ fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> 
         slots.push(Slot::Buffer {
             name: format!("v{}", h.index()),
             level: m.level(h),
+            extra: 0,
         });
         if let Role::Acc { fin: Some(_), .. } = p.role[h] {
             slots.push(Slot::Buffer {
                 name: format!("q{}", h.index()),
                 level: Level::Seq,
+                extra: 0,
             });
             if let Expr::Reduce {
                 op: ReduceOp::Max | ReduceOp::Min,
@@ -754,6 +545,24 @@ fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> 
                 slots.push(Slot::Buffer {
                     name: format!("c{}", h.index()),
                     level: Level::Seq,
+                    extra: 0,
+                });
+            }
+        }
+    }
+    // the sorts' keys and slots (two of each: the passes alternate) and digit counts (16 per
+    // tile of SORT_TILE slots: at most n + 16)
+    for k in p
+        .kernels
+        .iter()
+        .filter(|k| k.kind == KernelKind::Sort(SortStep::Keys))
+    {
+        for &h in &k.nodes {
+            for (prefix, extra) in [("ka", 0), ("kb", 0), ("ia", 0), ("ib", 0), ("h", 16)] {
+                slots.push(Slot::Buffer {
+                    name: format!("{prefix}{}", h.index()),
+                    level: Level::Tok,
+                    extra,
                 });
             }
         }
@@ -768,6 +577,7 @@ fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> 
             slots.push(Slot::Buffer {
                 name: name.clone(),
                 level: m.level(r),
+                extra: 0,
             });
             name
         };

@@ -7,7 +7,7 @@
 use super::BackendError;
 use super::{
     comment_text, err, is_inline, root_handles, KernelKind, KernelPlan, Plan, Role, RootLoc, Slot,
-    StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
+    SortStep, StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, ReduceOp, ScanOp, UnaryOp};
@@ -88,6 +88,12 @@ pub(super) fn write_program(
     w.line("#else");
     w.line("#define RLO_TOK(s, t) ((long long)ctx.seq_off[s] + (long long)(t))");
     w.line("#endif");
+    w.line("// token slots of a token-level buffer");
+    w.line("#if RLO_PADDED");
+    w.line("#define RLO_N_SLOTS (ctx.n_seqs * ctx.tok_stride)");
+    w.line("#else");
+    w.line("#define RLO_N_SLOTS (ctx.n_tokens)");
+    w.line("#endif");
     w.line("// packed turn of a token (single-turn data: tok_turn is null and the turn is s)");
     w.line("#define RLO_TURN(i) (ctx.tok_turn ? (long long)ctx.tok_turn[i] : (long long)(s))");
     w.line("");
@@ -120,8 +126,13 @@ pub(super) fn write_program(
                     if inp.diff { " diff" } else { "" }
                 ));
             }
-            Slot::Buffer { name, level } => {
-                w.line(&format!("float* {name};  // {level}"));
+            Slot::Buffer { name, level, extra } => {
+                let more = if *extra > 0 {
+                    format!(" + {extra}")
+                } else {
+                    String::new()
+                };
+                w.line(&format!("float* {name};  // {level}{more}"));
             }
         }
     }
@@ -136,6 +147,7 @@ pub(super) fn write_program(
         match k.kind {
             KernelKind::Pass => write_pass(p, &mut w, ki, k)?,
             KernelKind::Fin | KernelKind::Small => write_single(p, &mut w, k)?,
+            KernelKind::Sort(step) => write_sort(p, &mut w, k, step)?,
         }
     }
     // roots that are not a stored node at their own level
@@ -240,6 +252,19 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
             k.stage
         ),
         KernelKind::Small => format!("small stage {}: seq/group/batch values", k.stage),
+        KernelKind::Sort(step) => {
+            let r = k.nodes.first().map_or(0, |h| h.index());
+            match step {
+                SortStep::Keys => format!(
+                    "batch rank e{r} (stage {}), radix sort: (key, slot) of every token slot",
+                    k.stage
+                ),
+                SortStep::Hist(j) => format!("batch rank e{r}: counts of digit {j} per tile"),
+                SortStep::Scan(j) => format!("batch rank e{r}: where digit {j}'s keys go"),
+                SortStep::Scatter(j) => format!("batch rank e{r}: stable pass on digit {j}"),
+                SortStep::Place => format!("batch rank e{r}: ranks from the sorted slots"),
+            }
+        }
     };
     w.line(&format!("{}: {what}", k.name));
     if !k.fused.is_empty() {
@@ -272,16 +297,94 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
             ));
         }
     }
+    let writes_nodes = matches!(
+        k.kind,
+        KernelKind::Pass | KernelKind::Fin | KernelKind::Small | KernelKind::Sort(SortStep::Place)
+    );
     let stored: Vec<String> = k
         .nodes
         .iter()
-        .filter(|&&h| p.stored[h])
+        .filter(|&&h| writes_nodes && p.stored[h])
         .map(|h| format!("v{}", h.index()))
         .collect();
     if !stored.is_empty() {
         w.line(&format!("  writes {}", stored.join(" ")));
     }
     w.line("*/");
+}
+
+/// One launch of a batch rank's radix sort (`rlo_common.cuh`: `rlo_sort_*`). Keys and slots
+/// alternate between the `a` and `b` buffers: digit `j` reads `a` when `j` is even.
+fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) -> R<()> {
+    let m = p.m;
+    let Some(&h) = k.nodes.first() else {
+        return Err(err(m, m.loss, "internal: sort without a rank"));
+    };
+    let Expr::Rank { arg, .. } = m.exprs[h] else {
+        return Err(err(m, h, "internal: sort of a non-rank"));
+    };
+    let r = h.index();
+    let threads = k.threads;
+    w.open(&format!(
+        "extern \"C\" __global__ void __launch_bounds__({threads}) {}(const RloCtx ctx) {{",
+        k.name
+    ));
+    let ab = SortStep::buffers;
+    match step {
+        SortStep::Keys => {
+            params(p, w);
+            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.line("const long long len = RLO_LEN(s);");
+            w.line("(void)g;");
+            w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
+            w.line("const long long i = RLO_TOK(s, t);");
+            w.line(&format!(
+                "ctx.ka{r}[i] = __uint_as_float(rlo_rank_key({}));",
+                val(p, &[], arg, Level::Tok)?
+            ));
+            w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
+            w.close("}");
+            if p.opts.layout == TokLayout::Padded {
+                // padding slots sort after every real token
+                w.open(
+                    "for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {",
+                );
+                w.line("const long long i = RLO_TOK(s, t);");
+                w.line(&format!("ctx.ka{r}[i] = __uint_as_float(0xffffffffu);"));
+                w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
+                w.close("}");
+            }
+            w.close("}");
+        }
+        SortStep::Hist(j) => {
+            let (a, _) = ab(j);
+            w.line(&format!(
+                "rlo_sort_hist(ctx.k{a}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
+                4 * j
+            ));
+        }
+        SortStep::Scan(_) => {
+            w.line(&format!(
+                "rlo_sort_scan(ctx.h{r}, 16 * rlo_sort_tiles(RLO_N_SLOTS));"
+            ));
+        }
+        SortStep::Scatter(j) => {
+            let (a, b) = ab(j);
+            w.line(&format!(
+                "rlo_sort_scatter(ctx.k{a}{r}, ctx.i{a}{r}, ctx.k{b}{r}, ctx.i{b}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
+                4 * j
+            ));
+        }
+        SortStep::Place => {
+            // 8 digit passes: the sorted slots are back in the `a` buffers
+            w.line(&format!(
+                "rlo_sort_place(ctx.ia{r}, RLO_N_SLOTS, ctx.n_tokens, ctx.v{r});"
+            ));
+        }
+    }
+    w.close("}");
+    Ok(())
 }
 
 fn params(p: &Plan, w: &mut W) {

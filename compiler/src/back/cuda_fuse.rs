@@ -26,8 +26,8 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::{
-    elementwise, is_inline, ready_kernel, KernelKind, KernelPlan, Plan, Role, FUSED_THREADS,
-    PASS_THREADS, SMALL_THREADS,
+    elementwise, is_inline, ready_kernel, KernelKind, KernelPlan, Plan, Role, SortStep,
+    FUSED_THREADS, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::{Handle, HandleVec};
 use crate::ir::{Expr, Module};
@@ -396,6 +396,46 @@ pub(crate) fn add_passes(
             add_small(ident, *mid, rest, role, kernels);
         }
     }
+}
+
+/// The launches that rank token values over the batch for `rank` (a `Rank { within: Batch }` of
+/// a token value an earlier kernel computed): a stable radix sort of (key, slot) pairs over the
+/// whole batch, O(n) per digit pass, instead of a one-block kernel comparing every pair. The
+/// last launch writes the rank (a stored token value) for the kernels after it.
+pub(crate) fn add_sort(
+    ident: &str,
+    stage: usize,
+    rank: Handle<Expr>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    let mut steps = vec![SortStep::Keys];
+    for j in 0..8 {
+        steps.extend([SortStep::Hist(j), SortStep::Scan(j), SortStep::Scatter(j)]);
+    }
+    steps.push(SortStep::Place);
+    let r = rank.index();
+    for step in steps {
+        let (suffix, threads) = match step {
+            SortStep::Keys => ("keys".to_string(), PASS_THREADS),
+            SortStep::Hist(j) => (format!("hist{j}"), PASS_THREADS),
+            SortStep::Scan(j) => (format!("scan{j}"), SMALL_THREADS),
+            SortStep::Scatter(j) => (format!("scatter{j}"), PASS_THREADS),
+            SortStep::Place => ("place".to_string(), PASS_THREADS),
+        };
+        kernels.push(KernelPlan {
+            name: format!("rlo_{ident}_k{r}_{suffix}"),
+            kind: KernelKind::Sort(step),
+            stage,
+            nodes: vec![rank],
+            sweeps: 0,
+            fused: Vec::new(),
+            threads,
+        });
+    }
+    role[rank] = Role::Stmt {
+        kernel: kernels.len() - 1,
+    };
 }
 
 pub(crate) fn add_small(
