@@ -584,8 +584,53 @@ objective ranks() {
     source_matches_interpreter("ranks.rlo", text, &batch);
 }
 
+/// Batch quantiles of token values go through the multi-block radix select (`Grid::Tiles`):
+/// q at 0, 1 and between order statistics, filters (one that keeps nothing: 0), heavy ties,
+/// a quantile of a computed token value, one tile and several.
+#[test]
+fn batch_quantiles_by_radix_select() {
+    if !emulator_or_skip("batch quantiles") {
+        return;
+    }
+    let text = "
+objective quants(q: f32 = 0.37) {
+    input x: tok diff
+    input y: tok
+    let m = batch_quantile(x, q)
+    loss batch_sum(where(x > m, x, 0)) / max(num_tokens, 1)
+    metric q0 = batch_quantile(round(y * 4), 0)
+    metric q1 = batch_quantile(y, 1)
+    metric mid = batch_quantile(exp(y) - x, 0.5, where: y > 0)
+    metric none = batch_quantile(x, 0.5, where: y > 100)
+    metric ties = batch_quantile(round(y * 4), 0.61)
+}
+";
+    let c = rlo_compiler::compile("quants.rlo", text, &rlo_compiler::Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let p = emit(
+        &c.module,
+        &c.schedule,
+        &opts(TokLayout::Padded, StorageType::F32),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tiles = p.launches.iter().filter(|l| l.grid == Grid::Tiles).count();
+    assert!(
+        tiles >= 6 * 8,
+        "six batch quantiles, 8 tile launches each: {tiles}"
+    );
+    let batch = |m: &Module, seed: u64| {
+        if seed.is_multiple_of(2) {
+            small_batch(m, seed)
+        } else {
+            wide_batch(m, seed, 48, 400)
+        }
+    };
+    source_matches_interpreter("quants.rlo", text, &batch);
+}
+
 /// Compiles `text`, emits it packed and padded (f32), and runs both in the emulator on four
-/// batches from `batch` in every thread order, against the interpreter.
+/// batches from `batch` with each parameter set of `param_sets`, in every thread order,
+/// against the interpreter.
 fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u64) -> Batch) {
     let c = rlo_compiler::compile(name, text, &rlo_compiler::Options::default())
         .unwrap_or_else(|f| panic!("{}", f.render(false)));
@@ -609,8 +654,11 @@ fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u6
         for seed in 0..4 {
             let b = batch(&c.module, seed);
             let o = small_blocks(RunOpts::default());
-            check(&pr, &b, &[], o, &ALL_ORDERS)
-                .unwrap_or_else(|e| panic!("{name} {:?} seed {seed}: {e}", p.layout));
+            for params in param_sets(&c.module) {
+                check(&pr, &b, &params, o, &ALL_ORDERS).unwrap_or_else(|e| {
+                    panic!("{name} {:?} seed {seed} params {params:?}: {e}", p.layout)
+                });
+            }
         }
     }
 }

@@ -104,8 +104,9 @@ pub struct CudaOptions {
     pub disable_fusion: bool,
     /// Store every token value a later kernel reads instead of recomputing it (for comparisons).
     pub disable_remat: bool,
-    /// Rank token values over the batch by the one-block O(n²) loop of a small stage instead of
-    /// the multi-block radix sort (see `cuda_sort` in `cuda_fuse.rs`; for comparisons).
+    /// Rank token values over the batch, and take batch quantiles of them, in one-block kernels
+    /// (an O(n²) loop; 64 sweeps) instead of the multi-block radix sort and select (see
+    /// `add_sort` in `cuda_fuse.rs`; for comparisons).
     pub disable_sort: bool,
 }
 
@@ -222,6 +223,18 @@ pub(crate) enum KernelKind {
     Small,
     /// One step of the radix sort that ranks token values over the batch (`nodes`: the rank).
     Sort(SortStep),
+    /// One step of the radix select of a batch quantile of token values (`nodes`: the quantile).
+    Select(SelectStep),
+}
+
+/// The launches of one batch quantile's radix select, in order: keys, then for each 4-bit
+/// digit `j` (of 8, most significant first) hist and pick, then value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SelectStep {
+    Keys,
+    Hist(u32),
+    Pick(u32),
+    Value,
 }
 
 /// The launches of one batch rank's sort, in order: keys, then for each 4-bit digit `j` (of 8)
@@ -342,13 +355,15 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
         .map(|k| Launch {
             kernel: k.name.clone(),
             grid: match k.kind {
-                KernelKind::Pass | KernelKind::Sort(SortStep::Keys) => Grid::PerSequence,
-                KernelKind::Fin | KernelKind::Small | KernelKind::Sort(SortStep::Scan(_)) => {
-                    Grid::Single
-                }
-                KernelKind::Sort(SortStep::Hist(_) | SortStep::Scatter(_) | SortStep::Place) => {
-                    Grid::Tiles
-                }
+                KernelKind::Pass
+                | KernelKind::Sort(SortStep::Keys)
+                | KernelKind::Select(SelectStep::Keys) => Grid::PerSequence,
+                KernelKind::Fin
+                | KernelKind::Small
+                | KernelKind::Sort(SortStep::Scan(_))
+                | KernelKind::Select(SelectStep::Pick(_) | SelectStep::Value) => Grid::Single,
+                KernelKind::Sort(SortStep::Hist(_) | SortStep::Scatter(_) | SortStep::Place)
+                | KernelKind::Select(SelectStep::Hist(_)) => Grid::Tiles,
             },
             threads: k.threads,
         })
@@ -372,13 +387,11 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
     let metrics = roots.by_ref().take(m.metrics.len()).collect();
     let grads: Vec<RootLoc> = roots.by_ref().take(m.grads.len()).collect();
     let outputs: Vec<RootLoc> = roots.collect();
-    let sorts: Vec<(String, usize, SortStep)> = plan
+    let sorts: Vec<(String, usize, KernelKind)> = plan
         .kernels
         .iter()
-        .filter_map(|k| match (k.kind, k.nodes.first()) {
-            (KernelKind::Sort(step), Some(h)) => Some((k.name.clone(), h.index(), step)),
-            _ => None,
-        })
+        .filter(|k| matches!(k.kind, KernelKind::Sort(_) | KernelKind::Select(_)))
+        .filter_map(|k| Some((k.name.clone(), k.nodes.first()?.index(), k.kind)))
         .collect();
     let traffic = traffic::of_program(
         m,
@@ -459,12 +472,28 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         let mut computed = fuse::computed(m, &canon, stage);
         if stage.kind == StageKind::Small && !opts.disable_sort {
             // batch ranks of token values computed by an earlier kernel: sorted, not O(n²)
-            let (sorted, rest): (Vec<_>, Vec<_>) = computed.iter().partition(|&&h| {
+            // and batch quantiles of them: a multi-block radix select
+            let here = |x: Handle<Expr>| computed.contains(&canon[x]);
+            let sorted = |h: Handle<Expr>| {
                 matches!(m.exprs[h], Expr::Rank { arg, within: Level::Batch }
-                    if m.level(arg) == Level::Tok && !computed.contains(&canon[arg]))
-            });
-            for h in sorted {
-                fuse::add_sort(&ident, k, h, &mut role, &mut kernels);
+                    if m.level(arg) == Level::Tok && !here(arg))
+            };
+            let selected = |h: Handle<Expr>| {
+                matches!(m.exprs[h], Expr::Quantile { arg, q, to: Level::Batch, filter }
+                    if m.level(arg) == Level::Tok
+                        && !here(arg)
+                        && !here(q)
+                        && !filter.is_some_and(here))
+            };
+            let mut rest = Vec::new();
+            for &h in &computed {
+                if sorted(h) {
+                    fuse::add_sort(&ident, k, h, &mut role, &mut kernels);
+                } else if selected(h) {
+                    fuse::add_select(&ident, k, h, &mut role, &mut kernels);
+                } else {
+                    rest.push(h);
+                }
             }
             computed = rest;
         }
@@ -551,17 +580,32 @@ fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> 
         }
     }
     // the sorts' keys and slots (two of each: the passes alternate) and digit counts (16 per
-    // tile of SORT_TILE slots: at most n + 16)
-    for k in p
-        .kernels
-        .iter()
-        .filter(|k| k.kind == KernelKind::Sort(SortStep::Keys))
-    {
+    // tile of SORT_TILE slots: at most n + 16); the selects' keys, 33 counts per tile and state
+    for k in &p.kernels {
+        let bufs: &[(&str, Level, usize)] = match k.kind {
+            KernelKind::Sort(SortStep::Keys) => &[
+                ("ka", Level::Tok, 0),
+                ("kb", Level::Tok, 0),
+                ("ia", Level::Tok, 0),
+                ("ib", Level::Tok, 0),
+                ("h", Level::Tok, 16),
+            ],
+            KernelKind::Select(SelectStep::Keys) => &[
+                ("ka", Level::Tok, 0),
+                ("h", Level::Tok, 33),
+                ("st", Level::Batch, 8),
+            ],
+            KernelKind::Pass
+            | KernelKind::Fin
+            | KernelKind::Small
+            | KernelKind::Sort(_)
+            | KernelKind::Select(_) => &[],
+        };
         for &h in &k.nodes {
-            for (prefix, extra) in [("ka", 0), ("kb", 0), ("ia", 0), ("ib", 0), ("h", 16)] {
+            for &(prefix, level, extra) in bufs {
                 slots.push(Slot::Buffer {
                     name: format!("{prefix}{}", h.index()),
-                    level: Level::Tok,
+                    level,
                     extra,
                 });
             }

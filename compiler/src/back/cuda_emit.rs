@@ -6,8 +6,8 @@
 
 use super::BackendError;
 use super::{
-    comment_text, err, is_inline, root_handles, KernelKind, KernelPlan, Plan, Role, RootLoc, Slot,
-    SortStep, StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
+    comment_text, err, is_inline, root_handles, KernelKind, KernelPlan, Plan, Role, RootLoc,
+    SelectStep, Slot, SortStep, StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, ReduceOp, ScanOp, UnaryOp};
@@ -19,10 +19,14 @@ use small::{turn_reduce, write_single};
 
 #[path = "cuda_ops.rs"]
 mod ops;
+
+#[path = "cuda_sort.rs"]
+mod sort;
 use ops::{
     block_fn, c_ty, dtype_is_bool, enum_loops, level_loop, level_loop_lines, reduce_fold,
     reduce_init, rhs, scan_call, store_expr, unit_serial, val,
 };
+use sort::{write_select, write_sort};
 
 type R<T> = Result<T, BackendError>;
 
@@ -148,6 +152,7 @@ pub(super) fn write_program(
             KernelKind::Pass => write_pass(p, &mut w, ki, k)?,
             KernelKind::Fin | KernelKind::Small => write_single(p, &mut w, k)?,
             KernelKind::Sort(step) => write_sort(p, &mut w, k, step)?,
+            KernelKind::Select(step) => write_select(p, &mut w, k, step)?,
         }
     }
     // roots that are not a stored node at their own level
@@ -265,6 +270,18 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
                 SortStep::Place => format!("batch rank e{r}: ranks from the sorted slots"),
             }
         }
+        KernelKind::Select(step) => {
+            let q = k.nodes.first().map_or(0, |h| h.index());
+            match step {
+                SelectStep::Keys => format!(
+                    "batch quantile e{q} (stage {}), radix select: the key of every token slot",
+                    k.stage
+                ),
+                SelectStep::Hist(j) => format!("batch quantile e{q}: counts of digit {j} per tile"),
+                SelectStep::Pick(j) => format!("batch quantile e{q}: picks digit {j}"),
+                SelectStep::Value => format!("batch quantile e{q}: the interpolated value"),
+            }
+        }
     };
     w.line(&format!("{}: {what}", k.name));
     if !k.fused.is_empty() {
@@ -299,7 +316,11 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
     }
     let writes_nodes = matches!(
         k.kind,
-        KernelKind::Pass | KernelKind::Fin | KernelKind::Small | KernelKind::Sort(SortStep::Place)
+        KernelKind::Pass
+            | KernelKind::Fin
+            | KernelKind::Small
+            | KernelKind::Sort(SortStep::Place)
+            | KernelKind::Select(SelectStep::Value)
     );
     let stored: Vec<String> = k
         .nodes
@@ -311,80 +332,6 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
         w.line(&format!("  writes {}", stored.join(" ")));
     }
     w.line("*/");
-}
-
-/// One launch of a batch rank's radix sort (`rlo_common.cuh`: `rlo_sort_*`). Keys and slots
-/// alternate between the `a` and `b` buffers: digit `j` reads `a` when `j` is even.
-fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) -> R<()> {
-    let m = p.m;
-    let Some(&h) = k.nodes.first() else {
-        return Err(err(m, m.loss, "internal: sort without a rank"));
-    };
-    let Expr::Rank { arg, .. } = m.exprs[h] else {
-        return Err(err(m, h, "internal: sort of a non-rank"));
-    };
-    let r = h.index();
-    let threads = k.threads;
-    w.open(&format!(
-        "extern \"C\" __global__ void __launch_bounds__({threads}) {}(const RloCtx ctx) {{",
-        k.name
-    ));
-    let ab = SortStep::buffers;
-    match step {
-        SortStep::Keys => {
-            params(p, w);
-            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
-            w.line("const long long g = ctx.seq_group[s];");
-            w.line("const long long len = RLO_LEN(s);");
-            w.line("(void)g;");
-            w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
-            w.line("const long long i = RLO_TOK(s, t);");
-            w.line(&format!(
-                "ctx.ka{r}[i] = __uint_as_float(rlo_rank_key({}));",
-                val(p, &[], arg, Level::Tok)?
-            ));
-            w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
-            w.close("}");
-            if p.opts.layout == TokLayout::Padded {
-                // padding slots sort after every real token
-                w.open(
-                    "for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {",
-                );
-                w.line("const long long i = RLO_TOK(s, t);");
-                w.line(&format!("ctx.ka{r}[i] = __uint_as_float(0xffffffffu);"));
-                w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
-                w.close("}");
-            }
-            w.close("}");
-        }
-        SortStep::Hist(j) => {
-            let (a, _) = ab(j);
-            w.line(&format!(
-                "rlo_sort_hist(ctx.k{a}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
-                4 * j
-            ));
-        }
-        SortStep::Scan(_) => {
-            w.line(&format!(
-                "rlo_sort_scan(ctx.h{r}, 16 * rlo_sort_tiles(RLO_N_SLOTS));"
-            ));
-        }
-        SortStep::Scatter(j) => {
-            let (a, b) = ab(j);
-            w.line(&format!(
-                "rlo_sort_scatter(ctx.k{a}{r}, ctx.i{a}{r}, ctx.k{b}{r}, ctx.i{b}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
-                4 * j
-            ));
-        }
-        SortStep::Place => {
-            // 8 digit passes: the sorted slots are back in the `a` buffers
-            w.line(&format!(
-                "rlo_sort_place(ctx.ia{r}, RLO_N_SLOTS, ctx.n_tokens, ctx.v{r});"
-            ));
-        }
-    }
-    w.close("}");
-    Ok(())
 }
 
 fn params(p: &Plan, w: &mut W) {

@@ -26,7 +26,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::{
-    elementwise, is_inline, ready_kernel, KernelKind, KernelPlan, Plan, Role, SortStep,
+    elementwise, is_inline, ready_kernel, KernelKind, KernelPlan, Plan, Role, SelectStep, SortStep,
     FUSED_THREADS, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::{Handle, HandleVec};
@@ -434,6 +434,44 @@ pub(crate) fn add_sort(
         });
     }
     role[rank] = Role::Stmt {
+        kernel: kernels.len() - 1,
+    };
+}
+
+/// The launches of a batch quantile of token values (`quantile`: a `Quantile { to: Batch }` of
+/// a token value an earlier kernel computed): a multi-block radix select of its two order
+/// statistics instead of a one-block kernel sweeping every token 64 times.
+pub(crate) fn add_select(
+    ident: &str,
+    stage: usize,
+    quantile: Handle<Expr>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    let mut steps = vec![SelectStep::Keys];
+    for j in 0..8 {
+        steps.extend([SelectStep::Hist(j), SelectStep::Pick(j)]);
+    }
+    steps.push(SelectStep::Value);
+    let q = quantile.index();
+    for step in steps {
+        let (suffix, threads) = match step {
+            SelectStep::Keys => ("keys".to_string(), PASS_THREADS),
+            SelectStep::Hist(j) => (format!("hist{j}"), PASS_THREADS),
+            SelectStep::Pick(j) => (format!("pick{j}"), SMALL_THREADS),
+            SelectStep::Value => ("value".to_string(), SMALL_THREADS),
+        };
+        kernels.push(KernelPlan {
+            name: format!("rlo_{ident}_q{q}_{suffix}"),
+            kind: KernelKind::Select(step),
+            stage,
+            nodes: vec![quantile],
+            sweeps: 0,
+            fused: Vec::new(),
+            threads,
+        });
+    }
+    role[quantile] = Role::Stmt {
         kernel: kernels.len() - 1,
     };
 }

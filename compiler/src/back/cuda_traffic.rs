@@ -9,7 +9,7 @@
 //! read once, plus every token root (gradients, token outputs) written once — the figure the
 //! benchmark divides by the device's copy bandwidth.
 
-use super::{CudaOptions, Launch, RootLoc, Slot, SortStep};
+use super::{CudaOptions, KernelKind, Launch, RootLoc, SelectStep, Slot, SortStep};
 use crate::ir::Module;
 use crate::types::{DType, Level};
 
@@ -213,7 +213,7 @@ pub(crate) fn of_program<'r>(
     launches: &[Launch],
     slots: &[Slot],
     roots: impl Iterator<Item = &'r RootLoc>,
-    sorts: &[(String, usize, SortStep)],
+    sorts: &[(String, usize, KernelKind)],
 ) -> Traffic {
     let input_bytes = |i: usize| match m.inputs.get(i) {
         Some(inp) if inp.ty.level == Level::Tok && inp.ty.dtype == DType::F32 => {
@@ -232,9 +232,10 @@ pub(crate) fn of_program<'r>(
     };
     let names: Vec<String> = launches.iter().map(|l| l.kernel.clone()).collect();
     let mut t = measure(source, &names, &bytes, 0);
-    // the batch-rank sorts' passes run in `rlo_common.cuh` helpers, not in the generated loops:
-    // per token slot, a digit pass reads the keys (hist), then keys and slots (scatter) and
-    // writes both; placing the ranks reads the slots and writes the rank
+    // the batch-rank sorts' and batch-quantile selects' passes run in `rlo_common.cuh` helpers,
+    // not in the generated loops: per token slot, a sort's digit pass reads the keys (hist),
+    // then keys and slots (scatter) and writes both; placing the ranks reads the slots and
+    // writes the rank; a select's digit pass reads the keys
     let use_ = |name: String| ArrayUse { name, bytes: 4 };
     for (kernel, r, step) in sorts {
         let Some(kt) = t.kernels.iter_mut().find(|k| &k.kernel == kernel) else {
@@ -242,22 +243,30 @@ pub(crate) fn of_program<'r>(
         };
         let ab = |j: &u32| SortStep::buffers(*j);
         let sweep = match step {
-            SortStep::Keys | SortStep::Scan(_) => continue,
-            SortStep::Hist(j) => SweepTraffic {
+            KernelKind::Select(SelectStep::Hist(_)) => SweepTraffic {
+                reads: vec![use_(format!("ka{r}"))],
+                writes: Vec::new(),
+            },
+            KernelKind::Sort(SortStep::Hist(j)) => SweepTraffic {
                 reads: vec![use_(format!("k{}{r}", ab(j).0))],
                 writes: Vec::new(),
             },
-            SortStep::Scatter(j) => {
+            KernelKind::Sort(SortStep::Scatter(j)) => {
                 let (a, b) = ab(j);
                 SweepTraffic {
                     reads: vec![use_(format!("k{a}{r}")), use_(format!("i{a}{r}"))],
                     writes: vec![use_(format!("k{b}{r}")), use_(format!("i{b}{r}"))],
                 }
             }
-            SortStep::Place => SweepTraffic {
+            KernelKind::Sort(SortStep::Place) => SweepTraffic {
                 reads: vec![use_(format!("ia{r}"))],
                 writes: vec![use_(format!("v{r}"))],
             },
+            KernelKind::Sort(SortStep::Keys | SortStep::Scan(_))
+            | KernelKind::Select(SelectStep::Keys | SelectStep::Pick(_) | SelectStep::Value)
+            | KernelKind::Pass
+            | KernelKind::Fin
+            | KernelKind::Small => continue,
         };
         kt.sweeps = vec![sweep];
     }

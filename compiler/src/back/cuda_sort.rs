@@ -1,0 +1,141 @@
+//! The launches of the batch-rank radix sorts and batch-quantile radix selects (planned by
+//! `add_sort`/`add_select` in `cuda_fuse.rs`): each a thin kernel around a `rlo_sort_*` /
+//! `rlo_select_*` helper of `rlo_common.cuh`, except the per-sequence keys kernels, which read
+//! the value being ranked like a token pass. Split from `cuda_emit.rs` to keep files small.
+
+use super::*;
+
+/// One launch of a batch rank's radix sort (`rlo_common.cuh`: `rlo_sort_*`). Keys and slots
+/// alternate between the `a` and `b` buffers: digit `j` reads `a` when `j` is even.
+pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) -> R<()> {
+    let m = p.m;
+    let Some(&h) = k.nodes.first() else {
+        return Err(err(m, m.loss, "internal: sort without a rank"));
+    };
+    let Expr::Rank { arg, .. } = m.exprs[h] else {
+        return Err(err(m, h, "internal: sort of a non-rank"));
+    };
+    let r = h.index();
+    let threads = k.threads;
+    w.open(&format!(
+        "extern \"C\" __global__ void __launch_bounds__({threads}) {}(const RloCtx ctx) {{",
+        k.name
+    ));
+    let ab = SortStep::buffers;
+    match step {
+        SortStep::Keys => {
+            params(p, w);
+            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.line("const long long len = RLO_LEN(s);");
+            w.line("(void)g;");
+            w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
+            w.line("const long long i = RLO_TOK(s, t);");
+            w.line(&format!(
+                "ctx.ka{r}[i] = __uint_as_float(rlo_rank_key({}));",
+                val(p, &[], arg, Level::Tok)?
+            ));
+            w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
+            w.close("}");
+            if p.opts.layout == TokLayout::Padded {
+                // padding slots sort after every real token
+                w.open(
+                    "for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {",
+                );
+                w.line("const long long i = RLO_TOK(s, t);");
+                w.line(&format!("ctx.ka{r}[i] = __uint_as_float(0xffffffffu);"));
+                w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
+                w.close("}");
+            }
+            w.close("}");
+        }
+        SortStep::Hist(j) => {
+            let (a, _) = ab(j);
+            w.line(&format!(
+                "rlo_sort_hist(ctx.k{a}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
+                4 * j
+            ));
+        }
+        SortStep::Scan(_) => {
+            w.line(&format!(
+                "rlo_sort_scan(ctx.h{r}, 16 * rlo_sort_tiles(RLO_N_SLOTS));"
+            ));
+        }
+        SortStep::Scatter(j) => {
+            let (a, b) = ab(j);
+            w.line(&format!(
+                "rlo_sort_scatter(ctx.k{a}{r}, ctx.i{a}{r}, ctx.k{b}{r}, ctx.i{b}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
+                4 * j
+            ));
+        }
+        SortStep::Place => {
+            // 8 digit passes: the sorted slots are back in the `a` buffers
+            w.line(&format!(
+                "rlo_sort_place(ctx.ia{r}, RLO_N_SLOTS, ctx.n_tokens, ctx.v{r});"
+            ));
+        }
+    }
+    w.close("}");
+    Ok(())
+}
+
+/// One launch of a batch quantile's radix select (`rlo_common.cuh`: `rlo_select_*`).
+pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep) -> R<()> {
+    let m = p.m;
+    let Some(&h) = k.nodes.first() else {
+        return Err(err(m, m.loss, "internal: select without a quantile"));
+    };
+    let Expr::Quantile { arg, q, filter, .. } = m.exprs[h] else {
+        return Err(err(m, h, "internal: select of a non-quantile"));
+    };
+    let n = h.index();
+    w.open(&format!(
+        "extern \"C\" __global__ void __launch_bounds__({}) {}(const RloCtx ctx) {{",
+        k.threads, k.name
+    ));
+    match step {
+        SelectStep::Keys => {
+            params(p, w);
+            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.line("const long long len = RLO_LEN(s);");
+            w.line("(void)g;");
+            w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
+            w.line("const long long i = RLO_TOK(s, t);");
+            let key = format!("rlo_select_key({})", val(p, &[], arg, Level::Tok)?);
+            let key = match filter {
+                Some(f) => format!("({} ? {key} : 0xffffffffu)", val(p, &[], f, Level::Tok)?),
+                None => key,
+            };
+            w.line(&format!("ctx.ka{n}[i] = __uint_as_float({key});"));
+            w.close("}");
+            if p.opts.layout == TokLayout::Padded {
+                w.open(
+                    "for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {",
+                );
+                w.line("const long long i = RLO_TOK(s, t);");
+                w.line(&format!("ctx.ka{n}[i] = __uint_as_float(0xffffffffu);"));
+                w.close("}");
+            }
+            w.close("}");
+        }
+        SelectStep::Hist(j) => w.line(&format!(
+            "rlo_select_hist(ctx.ka{n}, RLO_N_SLOTS, {}, ctx.st{n}, ctx.h{n});",
+            28 - 4 * j
+        )),
+        SelectStep::Pick(j) => {
+            params(p, w);
+            w.line(&format!(
+                "rlo_select_pick(ctx.h{n}, RLO_N_SLOTS, {}, {}, {}, ctx.st{n});",
+                28 - 4 * j,
+                j == 0,
+                val(p, &[], q, Level::Batch)?
+            ));
+        }
+        SelectStep::Value => w.line(&format!(
+            "if (threadIdx.x == 0) {{ ctx.v{n}[0] = rlo_select_value(ctx.st{n}); }}"
+        )),
+    }
+    w.close("}");
+    Ok(())
+}
