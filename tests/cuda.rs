@@ -18,7 +18,7 @@ use rlo_compiler::ir::{
 use rlo_compiler::schedule::Schedule;
 use rlo_compiler::{DType, Level, Ty};
 use rlo_grammar::Span;
-use rlo_runtime::cuda::{compile_ptx, full_source, nvrtc_probe};
+use rlo_runtime::cuda::{compile_ptx, compile_ptx_with, full_source, nvrtc_probe};
 
 #[path = "cuda_support.rs"]
 mod support;
@@ -524,7 +524,10 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
     assert!(!names.is_empty(), "no stdlib objectives found");
     let have_nvrtc = nvrtc_or_skip("stdlib objectives");
     let (mut front_failed, mut compiled) = (Vec::new(), Vec::new());
+    // parse → IR → schedule, emit, NVRTC → PTX (ms; this test's debug build of the compiler)
+    let mut times: Vec<(String, f64, f64, f64)> = Vec::new();
     for name in &names {
+        let t0 = std::time::Instant::now();
         let c = match compile_stdlib(name) {
             Ok(c) => c,
             Err(e) => {
@@ -537,14 +540,30 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
             sources: Some(c.sources.clone()),
             ..CudaOptions::default()
         };
+        let front_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = std::time::Instant::now();
         match emit(&c.module, &s, &opts) {
             Ok(p) => {
+                let emit_ms = t1.elapsed().as_secs_f64() * 1e3;
                 assert!(p.source.contains(&format!("rlo_{}_", p.ident)));
                 if let Ok(dir) = std::env::var("RLO_DUMP_CU") {
                     let _ = std::fs::write(format!("{dir}/{name}.cu"), &p.source);
                 }
                 if have_nvrtc {
+                    let t2 = std::time::Instant::now();
                     nvrtc_compile(&p);
+                    let nvrtc_ms = t2.elapsed().as_secs_f64() * 1e3;
+                    times.push((name.clone(), front_ms, emit_ms, nvrtc_ms));
+                    if ["grpo", "dapo", "gspo"].contains(&name.as_str()) {
+                        // the same with --Ofast-compile=max (RLO_NVRTC_FAST_COMPILE=1)
+                        let mut o = rlo_runtime::cuda::nvrtc_options(ARCH);
+                        o.options.push("--Ofast-compile=max".into());
+                        let t3 = std::time::Instant::now();
+                        let fast = compile_ptx_with(&full_source(&p), ARCH, &p.ident, o);
+                        assert!(fast.is_ok(), "{name}: --Ofast-compile=max: {fast:?}");
+                        let ms = t3.elapsed().as_secs_f64() * 1e3;
+                        times.push((format!("{name} (fast)"), front_ms, emit_ms, ms));
+                    }
                 }
                 compiled.push(name.clone());
             }
@@ -553,6 +572,11 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
                 c.sources.location(e.span)
             ),
         }
+    }
+    for (name, f, e, n) in &times {
+        eprintln!(
+            "compile {name:<14} front+schedule {f:7.1} ms  emit {e:6.1} ms  NVRTC {n:7.1} ms"
+        );
     }
     eprintln!(
         "stdlib: {} objectives compiled to PTX{}: {compiled:?}\nnot compiled by the front end: {front_failed:#?}",

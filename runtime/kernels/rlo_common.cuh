@@ -265,6 +265,8 @@ __device__ float rlo_serial_quantile(E each, float q) {
 // Deterministic without atomics: every count is a fixed-order serial sum, and the scatter is
 // stable (a tile's slots go in slot order), so equal keys keep slot order: the rank tie-break.
 // Keys, slots and counts are stored as bit patterns in float buffers (never used as numbers).
+// The pass helpers are __noinline__: every digit pass has its own thin kernel, and inlining the
+// helper into each of them multiplied NVRTC's work (clip_cov: 1.6 s -> 1.3 s to PTX).
 
 #define RLO_SORT_TILE 4096
 #define RLO_SORT_MAX_THREADS 256
@@ -296,7 +298,7 @@ __device__ void rlo_sort_count(const float* key, long long lo, long long hi, int
 }
 
 // hist[d * n_tiles + tile]: how many keys of the tile have digit d at `shift`.
-__device__ void rlo_sort_hist(const float* key, long long n, int shift, float* hist) {
+__device__ __noinline__ void rlo_sort_hist(const float* key, long long n, int shift, float* hist) {
     __shared__ unsigned cnt[16 * RLO_SORT_MAX_THREADS];
     const long long n_tiles = rlo_sort_tiles(n);
     for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
@@ -314,7 +316,7 @@ __device__ void rlo_sort_hist(const float* key, long long n, int shift, float* h
 
 // Exclusive prefix sums of hist[0, len) in place (one block): digit-major, so entry (d, tile)
 // becomes where the tile's keys with digit d start in the output.
-__device__ void rlo_sort_scan(float* hist, long long len) {
+__device__ __noinline__ void rlo_sort_scan(float* hist, long long len) {
     __shared__ unsigned part[1024];
     const int nt = blockDim.x, u = threadIdx.x;
     const long long per = (len + nt - 1) / nt;
@@ -343,7 +345,7 @@ __device__ void rlo_sort_scan(float* hist, long long len) {
 }
 
 // One stable counting-sort pass by the digit at `shift`: (key, slot) -> (key_out, slot_out).
-__device__ void rlo_sort_scatter(const float* key, const float* slot, float* key_out,
+__device__ __noinline__ void rlo_sort_scatter(const float* key, const float* slot, float* key_out,
                                  float* slot_out, long long n, int shift, const float* hist) {
     __shared__ unsigned cnt[16 * RLO_SORT_MAX_THREADS];
     const long long n_tiles = rlo_sort_tiles(n);
@@ -375,7 +377,7 @@ __device__ void rlo_sort_scatter(const float* key, const float* slot, float* key
 }
 
 // rank[slot of the k-th sorted key] = k for the n_valid real tokens (sorted first); 0 at padding.
-__device__ void rlo_sort_place(const float* slot, long long n, long long n_valid, float* rank) {
+__device__ __noinline__ void rlo_sort_place(const float* slot, long long n, long long n_valid, float* rank) {
     const long long step = (long long)gridDim.x * blockDim.x;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += step) {
         rank[__float_as_uint(slot[k])] = k < n_valid ? (float)k : 0.0f;
@@ -398,7 +400,7 @@ __device__ __forceinline__ unsigned rlo_select_key(float x) {
 
 // hist[c * n_tiles + tile]: c < 16: keys matching prefix_lo above `shift + 4` with digit c;
 // 16 <= c < 32: the same for prefix_hi; c = 32: keys in the set (first pass only).
-__device__ void rlo_select_hist(const float* key, long long n, int shift, const float* st,
+__device__ __noinline__ void rlo_select_hist(const float* key, long long n, int shift, const float* st,
                                 float* hist) {
     __shared__ unsigned cnt[RLO_SEL_COUNTERS * RLO_SORT_MAX_THREADS];
     const long long n_tiles = rlo_sort_tiles(n);
@@ -434,7 +436,7 @@ __device__ void rlo_select_hist(const float* key, long long n, int shift, const 
 
 // One block: totals per counter (fixed order), then the digit of each order statistic. The
 // first pass also counts the set and turns q into the two ranks and the interpolation weight.
-__device__ void rlo_select_pick(const float* hist, long long n, int shift, bool first, float q,
+__device__ __noinline__ void rlo_select_pick(const float* hist, long long n, int shift, bool first, float q,
                                 float* st) {
     __shared__ unsigned tot[RLO_SEL_COUNTERS];
     const long long n_tiles = rlo_sort_tiles(n);

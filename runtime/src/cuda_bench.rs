@@ -251,9 +251,10 @@ fn run() -> Result<(), RuntimeError> {
                 let ms = t2.elapsed().as_secs_f64() * 1e3 / args.iters as f64;
                 let roof_ms = (bytes_in + bytes_out) as f64 / bw * 1e3;
                 println!(
-                    "{{\"kind\":\"rlo\",\"objective\":\"{name}\",\"B\":{b},\"T\":{t},\"dtype\":\"{}\",\"variant\":\"{}\",\"model_bytes_per_token\":{},\"model_ratio\":{:.3},\"ms\":{ms:.4},\"roofline_ms\":{roof_ms:.4},\"bytes\":{},\"cold_compile_ms\":{cold_ms:.1},\"cached_load_ms\":{cached_ms:.2},\"passes\":{},\"kernels\":{}}}",
+                    "{{\"kind\":\"rlo\",\"objective\":\"{name}\",\"B\":{b},\"T\":{t},\"dtype\":\"{}\",\"variant\":\"{}\",\"fast_compile\":{},\"model_bytes_per_token\":{},\"model_ratio\":{:.3},\"ms\":{ms:.4},\"roofline_ms\":{roof_ms:.4},\"bytes\":{},\"cold_compile_ms\":{cold_ms:.1},\"cached_load_ms\":{cached_ms:.2},\"passes\":{},\"kernels\":{}}}",
                     dtype.c_type(),
                     if plain { "plain" } else { "fused" },
+                    rlo_runtime::cuda::fast_compile(),
                     obj.program.traffic.dram_read() + obj.program.traffic.written(),
                     obj.program.traffic.ratio(),
                     bytes_in + bytes_out,

@@ -38,6 +38,7 @@ stores, no warp-level lockstep assumptions other than the ones above), NVRTC-spe
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 // blocks of one launch run one after another, so per-block shared memory can be static; it is
