@@ -676,7 +676,7 @@ fn racy_scan() -> String {
         let len = common[a..].find("\n}\n").expect("function end") + 3;
         &common[a..a + len]
     };
-    let block = function("__device__ rlo_affine rlo_block_scan_affine(");
+    let block = function("__device__ __noinline__ rlo_affine rlo_block_scan_affine(");
     let last_barrier = "    __syncthreads();\n    return v;\n}\n";
     assert!(block.ends_with(last_barrier), "block scan changed: {block}");
     let block = format!(

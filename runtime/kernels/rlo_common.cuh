@@ -48,13 +48,17 @@ __device__ __forceinline__ float rlo_b2f(bool b) { return b ? 1.0f : 0.0f; }
 
 // -----------------------------------------------------------------------------------------------
 // block reductions (all threads call; result returned to every thread)
+//
+// The block-wide helpers are __noinline__: a program calls them once per accumulator and sweep,
+// never per token, and inlining every call site made NVRTC's work the larger part of a cold
+// compile (grpo to PTX: 572 -> 324 ms, dapo 404 -> 240, gspo 376 -> 271 on the dev machine).
 
 struct rlo_op_sum { __device__ static float f(float a, float b) { return a + b; } };
 struct rlo_op_max { __device__ static float f(float a, float b) { return fmaxf(a, b); } };
 struct rlo_op_min { __device__ static float f(float a, float b) { return fminf(a, b); } };
 
 template <class Op>
-__device__ float rlo_block_reduce(float v) {
+__device__ __noinline__ float rlo_block_reduce(float v) {
     __shared__ float part[32];
     for (int o = 16; o > 0; o >>= 1) { v = Op::f(v, __shfl_down_sync(0xffffffffu, v, o)); }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
@@ -74,7 +78,7 @@ __device__ __forceinline__ float rlo_block_sum(float v) { return rlo_block_reduc
 __device__ __forceinline__ float rlo_block_max(float v) { return rlo_block_reduce<rlo_op_max>(v); }
 __device__ __forceinline__ float rlo_block_min(float v) { return rlo_block_reduce<rlo_op_min>(v); }
 
-__device__ unsigned long long rlo_block_count(unsigned long long v) {
+__device__ __noinline__ unsigned long long rlo_block_count(unsigned long long v) {
     __shared__ unsigned long long part[32];
     for (int o = 16; o > 0; o >>= 1) { v += __shfl_down_sync(0xffffffffu, v, o); }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
@@ -110,7 +114,7 @@ __device__ __forceinline__ rlo_affine rlo_affine_then(rlo_affine e1, rlo_affine 
 
 // Inclusive scan of one pair per thread in thread order; returns this thread's prefix and writes
 // the whole block's composition to *total.
-__device__ rlo_affine rlo_block_scan_affine(rlo_affine v, rlo_affine* total) {
+__device__ __noinline__ rlo_affine rlo_block_scan_affine(rlo_affine v, rlo_affine* total) {
     __shared__ rlo_affine part[32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
     for (int o = 1; o < 32; o <<= 1) {

@@ -356,8 +356,8 @@ fn pass_threads(grid: Grid, threads: u32) -> u32 {
 pub struct CudaObjective {
     pub program: CudaProgram,
     module: Arc<cudarc::driver::CudaModule>,
-    /// Each launch's function, grid and threads per block.
-    functions: Vec<(CudaFunction, Grid, u32)>,
+    /// Each launch's function, grid, threads per block and second argument (a radix pass's digit).
+    functions: Vec<(CudaFunction, Grid, u32, Option<u32>)>,
     /// NVRTC ran when loading (false: memory or disk cache).
     pub compiled_now: bool,
 }
@@ -370,7 +370,7 @@ impl CudaObjective {
             let f = module
                 .load_function(&l.kernel)
                 .map_err(drv("load function"))?;
-            functions.push((f, l.grid, pass_threads(l.grid, l.threads)));
+            functions.push((f, l.grid, pass_threads(l.grid, l.threads), l.arg));
         }
         Ok(CudaObjective {
             program,
@@ -489,7 +489,7 @@ impl CudaObjective {
         let ctx = CtxArg(w);
         let seq_blocks = lay.n_seqs.clamp(1, 1 << 20) as u32;
         let tile_blocks = lay.count(Level::Tok).div_ceil(SORT_TILE).clamp(1, 1 << 20) as u32;
-        for (f, grid, threads) in &self.functions {
+        for (f, grid, threads, arg) in &self.functions {
             let cfg = LaunchConfig {
                 grid_dim: match grid {
                     Grid::PerSequence => (seq_blocks, 1, 1),
@@ -501,7 +501,12 @@ impl CudaObjective {
             };
             let mut b = stream.launch_builder(f);
             b.arg(&ctx);
-            // SAFETY: the kernel's only parameter is `RloCtx`, whose words were filled above from
+            let digit = arg.map(|d| d as i32);
+            if let Some(d) = &digit {
+                b.arg(d);
+            }
+            // SAFETY: the kernel's parameters are `RloCtx` (and, for a radix pass, its `int` digit,
+            // pushed above); the context's words were filled above from
             // live device allocations (layout, workspace) and the caller's input pointers (see
             // this function's contract); launch dimensions match `__launch_bounds__`.
             unsafe { b.launch(cfg) }.map_err(drv("kernel launch"))?;

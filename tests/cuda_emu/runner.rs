@@ -89,8 +89,9 @@ pub fn translation_unit(programs: &[&CudaProgram]) -> String {
             p.ident
         ));
         for (k, l) in p.launches.iter().enumerate() {
+            let digit = l.arg.map(|d| format!(", {d}")).unwrap_or_default();
             out.push_str(&format!(
-                "static void k{k}(void* a) {{ {}(*(const RloCtx*)a); }}\n",
+                "static void k{k}(void* a) {{ {}(*(const RloCtx*)a{digit}); }}\n",
                 l.kernel
             ));
         }

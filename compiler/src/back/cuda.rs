@@ -140,6 +140,9 @@ pub struct Launch {
     pub grid: Grid,
     /// Threads per block (the kernel's `__launch_bounds__`; any smaller multiple of 32 works).
     pub threads: u32,
+    /// A second kernel argument (`int`), after the `RloCtx`: the digit of a radix sort or
+    /// select pass, whose kernel is launched once per digit.
+    pub arg: Option<u32>,
 }
 
 /// One pointer of the kernel argument.
@@ -366,6 +369,15 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
                 | KernelKind::Select(SelectStep::Hist(_)) => Grid::Tiles,
             },
             threads: k.threads,
+            arg: match k.kind {
+                KernelKind::Sort(SortStep::Hist(j) | SortStep::Scatter(j))
+                | KernelKind::Select(SelectStep::Hist(j) | SelectStep::Pick(j)) => Some(j),
+                KernelKind::Pass
+                | KernelKind::Fin
+                | KernelKind::Small
+                | KernelKind::Sort(SortStep::Keys | SortStep::Scan(_) | SortStep::Place)
+                | KernelKind::Select(SelectStep::Keys | SelectStep::Value) => None,
+            },
         })
         .collect::<Vec<_>>();
     let mut launches = launches;
@@ -379,6 +391,7 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
                 kernel,
                 grid,
                 threads,
+                arg: None,
             });
         }
     }
@@ -387,11 +400,13 @@ pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram,
     let metrics = roots.by_ref().take(m.metrics.len()).collect();
     let grads: Vec<RootLoc> = roots.by_ref().take(m.grads.len()).collect();
     let outputs: Vec<RootLoc> = roots.collect();
-    let sorts: Vec<(String, usize, KernelKind)> = plan
+    // (launch index, node, step) of the sorts' and selects' launches
+    let sorts: Vec<(usize, usize, KernelKind)> = plan
         .kernels
         .iter()
-        .filter(|k| matches!(k.kind, KernelKind::Sort(_) | KernelKind::Select(_)))
-        .filter_map(|k| Some((k.name.clone(), k.nodes.first()?.index(), k.kind)))
+        .enumerate()
+        .filter(|(_, k)| matches!(k.kind, KernelKind::Sort(_) | KernelKind::Select(_)))
+        .filter_map(|(i, k)| Some((i, k.nodes.first()?.index(), k.kind)))
         .collect();
     let traffic = traffic::of_program(
         m,

@@ -145,7 +145,13 @@ pub(super) fn write_program(
     w.line("");
     w.line("// -----------------------------------------------------------------------------");
     w.line("// CUDA kernels");
+    let mut written: Vec<&str> = Vec::new();
     for (ki, k) in p.kernels.iter().enumerate() {
+        // a radix pass's kernel is launched once per digit but written once
+        if written.contains(&k.name.as_str()) {
+            continue;
+        }
+        written.push(&k.name);
         w.line("");
         kernel_header(p, &mut w, k);
         match k.kind {
@@ -264,9 +270,13 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
                     "batch rank e{r} (stage {}), radix sort: (key, slot) of every token slot",
                     k.stage
                 ),
-                SortStep::Hist(j) => format!("batch rank e{r}: counts of digit {j} per tile"),
-                SortStep::Scan(j) => format!("batch rank e{r}: where digit {j}'s keys go"),
-                SortStep::Scatter(j) => format!("batch rank e{r}: stable pass on digit {j}"),
+                SortStep::Hist(_) => {
+                    format!("batch rank e{r}: counts of a digit per tile (digit: 2nd argument)")
+                }
+                SortStep::Scan(_) => format!("batch rank e{r}: where each digit's keys go"),
+                SortStep::Scatter(_) => {
+                    format!("batch rank e{r}: stable pass on a digit (digit: 2nd argument)")
+                }
                 SortStep::Place => format!("batch rank e{r}: ranks from the sorted slots"),
             }
         }
@@ -277,8 +287,10 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
                     "batch quantile e{q} (stage {}), radix select: the key of every token slot",
                     k.stage
                 ),
-                SelectStep::Hist(j) => format!("batch quantile e{q}: counts of digit {j} per tile"),
-                SelectStep::Pick(j) => format!("batch quantile e{q}: picks digit {j}"),
+                SelectStep::Hist(_) => {
+                    format!("batch quantile e{q}: counts of a digit per tile (digit: 2nd argument)")
+                }
+                SelectStep::Pick(_) => format!("batch quantile e{q}: picks a digit (2nd argument)"),
                 SelectStep::Value => format!("batch quantile e{q}: the interpolated value"),
             }
         }

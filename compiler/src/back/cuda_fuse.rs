@@ -416,12 +416,13 @@ pub(crate) fn add_sort(
     steps.push(SortStep::Place);
     let r = rank.index();
     for step in steps {
+        // one kernel per kind of step; a digit pass gets its digit as an argument
         let (suffix, threads) = match step {
-            SortStep::Keys => ("keys".to_string(), PASS_THREADS),
-            SortStep::Hist(j) => (format!("hist{j}"), PASS_THREADS),
-            SortStep::Scan(j) => (format!("scan{j}"), SMALL_THREADS),
-            SortStep::Scatter(j) => (format!("scatter{j}"), PASS_THREADS),
-            SortStep::Place => ("place".to_string(), PASS_THREADS),
+            SortStep::Keys => ("keys", PASS_THREADS),
+            SortStep::Hist(_) => ("hist", PASS_THREADS),
+            SortStep::Scan(_) => ("scan", SMALL_THREADS),
+            SortStep::Scatter(_) => ("scatter", PASS_THREADS),
+            SortStep::Place => ("place", PASS_THREADS),
         };
         kernels.push(KernelPlan {
             name: format!("rlo_{ident}_k{r}_{suffix}"),
@@ -456,10 +457,10 @@ pub(crate) fn add_select(
     let q = quantile.index();
     for step in steps {
         let (suffix, threads) = match step {
-            SelectStep::Keys => ("keys".to_string(), PASS_THREADS),
-            SelectStep::Hist(j) => (format!("hist{j}"), PASS_THREADS),
-            SelectStep::Pick(j) => (format!("pick{j}"), SMALL_THREADS),
-            SelectStep::Value => ("value".to_string(), SMALL_THREADS),
+            SelectStep::Keys => ("keys", PASS_THREADS),
+            SelectStep::Hist(_) => ("hist", PASS_THREADS),
+            SelectStep::Pick(_) => ("pick", SMALL_THREADS),
+            SelectStep::Value => ("value", SMALL_THREADS),
         };
         kernels.push(KernelPlan {
             name: format!("rlo_{ident}_q{q}_{suffix}"),

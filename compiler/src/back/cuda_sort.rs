@@ -5,8 +5,10 @@
 
 use super::*;
 
-/// One launch of a batch rank's radix sort (`rlo_common.cuh`: `rlo_sort_*`). Keys and slots
-/// alternate between the `a` and `b` buffers: digit `j` reads `a` when `j` is even.
+/// The kernel of one step of a batch rank's radix sort (`rlo_common.cuh`: `rlo_sort_*`). A
+/// digit pass's kernel takes the digit `j` as its second argument (launched once per digit);
+/// keys and slots alternate between the `a` and `b` buffers: digit `j` reads `a` when `j` is
+/// even.
 pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) -> R<()> {
     let m = p.m;
     let Some(&h) = k.nodes.first() else {
@@ -16,12 +18,8 @@ pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) ->
         return Err(err(m, h, "internal: sort of a non-rank"));
     };
     let r = h.index();
-    let threads = k.threads;
-    w.open(&format!(
-        "extern \"C\" __global__ void __launch_bounds__({threads}) {}(const RloCtx ctx) {{",
-        k.name
-    ));
-    let ab = SortStep::buffers;
+    let digit = matches!(step, SortStep::Hist(_) | SortStep::Scatter(_));
+    open_kernel(w, k, digit);
     match step {
         SortStep::Keys => {
             params(p, w);
@@ -49,11 +47,9 @@ pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) ->
             }
             w.close("}");
         }
-        SortStep::Hist(j) => {
-            let (a, _) = ab(j);
+        SortStep::Hist(_) => {
             w.line(&format!(
-                "rlo_sort_hist(ctx.k{a}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
-                4 * j
+                "rlo_sort_hist(digit % 2 == 0 ? ctx.ka{r} : ctx.kb{r}, RLO_N_SLOTS, 4 * digit, ctx.h{r});"
             ));
         }
         SortStep::Scan(_) => {
@@ -61,11 +57,10 @@ pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) ->
                 "rlo_sort_scan(ctx.h{r}, 16 * rlo_sort_tiles(RLO_N_SLOTS));"
             ));
         }
-        SortStep::Scatter(j) => {
-            let (a, b) = ab(j);
+        SortStep::Scatter(_) => {
+            w.line("const bool even = digit % 2 == 0;");
             w.line(&format!(
-                "rlo_sort_scatter(ctx.k{a}{r}, ctx.i{a}{r}, ctx.k{b}{r}, ctx.i{b}{r}, RLO_N_SLOTS, {}, ctx.h{r});",
-                4 * j
+                "rlo_sort_scatter(even ? ctx.ka{r} : ctx.kb{r}, even ? ctx.ia{r} : ctx.ib{r}, even ? ctx.kb{r} : ctx.ka{r}, even ? ctx.ib{r} : ctx.ia{r}, RLO_N_SLOTS, 4 * digit, ctx.h{r});"
             ));
         }
         SortStep::Place => {
@@ -89,10 +84,8 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
         return Err(err(m, h, "internal: select of a non-quantile"));
     };
     let n = h.index();
-    w.open(&format!(
-        "extern \"C\" __global__ void __launch_bounds__({}) {}(const RloCtx ctx) {{",
-        k.threads, k.name
-    ));
+    let digit = matches!(step, SelectStep::Hist(_) | SelectStep::Pick(_));
+    open_kernel(w, k, digit);
     match step {
         SelectStep::Keys => {
             params(p, w);
@@ -119,16 +112,14 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
             }
             w.close("}");
         }
-        SelectStep::Hist(j) => w.line(&format!(
-            "rlo_select_hist(ctx.ka{n}, RLO_N_SLOTS, {}, ctx.st{n}, ctx.h{n});",
-            28 - 4 * j
+        // most significant digit first
+        SelectStep::Hist(_) => w.line(&format!(
+            "rlo_select_hist(ctx.ka{n}, RLO_N_SLOTS, 28 - 4 * digit, ctx.st{n}, ctx.h{n});"
         )),
-        SelectStep::Pick(j) => {
+        SelectStep::Pick(_) => {
             params(p, w);
             w.line(&format!(
-                "rlo_select_pick(ctx.h{n}, RLO_N_SLOTS, {}, {}, {}, ctx.st{n});",
-                28 - 4 * j,
-                j == 0,
+                "rlo_select_pick(ctx.h{n}, RLO_N_SLOTS, 28 - 4 * digit, digit == 0, {}, ctx.st{n});",
                 val(p, &[], q, Level::Batch)?
             ));
         }
@@ -138,4 +129,13 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
     }
     w.close("}");
     Ok(())
+}
+
+/// `extern "C" __global__ void NAME(const RloCtx ctx[, const int digit]) {`
+fn open_kernel(w: &mut W, k: &KernelPlan, digit: bool) {
+    let extra = if digit { ", const int digit" } else { "" };
+    w.open(&format!(
+        "extern \"C\" __global__ void __launch_bounds__({}) {}(const RloCtx ctx{extra}) {{",
+        k.threads, k.name
+    ));
 }

@@ -213,7 +213,7 @@ pub(crate) fn of_program<'r>(
     launches: &[Launch],
     slots: &[Slot],
     roots: impl Iterator<Item = &'r RootLoc>,
-    sorts: &[(String, usize, KernelKind)],
+    sorts: &[(usize, usize, KernelKind)],
 ) -> Traffic {
     let input_bytes = |i: usize| match m.inputs.get(i) {
         Some(inp) if inp.ty.level == Level::Tok && inp.ty.dtype == DType::F32 => {
@@ -237,8 +237,8 @@ pub(crate) fn of_program<'r>(
     // then keys and slots (scatter) and writes both; placing the ranks reads the slots and
     // writes the rank; a select's digit pass reads the keys
     let use_ = |name: String| ArrayUse { name, bytes: 4 };
-    for (kernel, r, step) in sorts {
-        let Some(kt) = t.kernels.iter_mut().find(|k| &k.kernel == kernel) else {
+    for (launch, r, step) in sorts {
+        let Some(kt) = t.kernels.get_mut(*launch) else {
             continue;
         };
         let ab = |j: &u32| SortStep::buffers(*j);
