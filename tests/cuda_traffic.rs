@@ -165,3 +165,32 @@ fn metrics_join_the_pass_that_reads_their_inputs() {
         );
     }
 }
+
+/// No stdlib objective has a one-block kernel that walks the batch's tokens (one SM doing a
+/// whole pass: the byte counts do not show it). The batch ranks of clip_cov/kl_cov did, before
+/// the radix sort: with `disable_sort` the check finds them.
+#[test]
+fn no_one_block_token_kernels() {
+    for name in &stdlib_objectives() {
+        let c = compile(name);
+        for layout in [TokLayout::Packed, TokLayout::Padded] {
+            let t = program(&c, layout, StorageType::F32, false).traffic;
+            assert!(
+                t.one_block_token_kernels.is_empty(),
+                "{name} {layout:?}: one block walks the tokens in {:?}",
+                t.one_block_token_kernels
+            );
+        }
+    }
+    let c = compile("clip_cov");
+    let o = CudaOptions {
+        layout: TokLayout::Padded,
+        disable_sort: true,
+        ..Default::default()
+    };
+    let p = emit(&c.module, &c.schedule, &o).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !p.traffic.one_block_token_kernels.is_empty(),
+        "the O(n²) one-block rank of clip_cov is not detected"
+    );
+}

@@ -9,7 +9,7 @@
 //! read once, plus every token root (gradients, token outputs) written once — the figure the
 //! benchmark divides by the device's copy bandwidth.
 
-use super::{CudaOptions, KernelKind, Launch, RootLoc, SelectStep, Slot, SortStep};
+use super::{CudaOptions, Grid, KernelKind, Launch, RootLoc, SelectStep, Slot, SortStep};
 use crate::ir::Module;
 use crate::types::{DType, Level};
 
@@ -39,6 +39,9 @@ pub struct Traffic {
     pub kernels: Vec<KernelTraffic>,
     /// Token inputs read once plus token roots written once.
     pub roofline: usize,
+    /// One-block kernels (`Grid::Single`) that touch token-level arrays: one SM walking the
+    /// whole batch, which the byte counts above do not show (it is latency, not bandwidth).
+    pub one_block_token_kernels: Vec<String>,
 }
 
 impl Traffic {
@@ -74,8 +77,16 @@ impl Traffic {
     }
     /// One line: `reads 12 B/token from DRAM (+8 re-read), writes 4; roofline 16; 1.00x`.
     pub fn summary(&self) -> String {
+        let one_block = if self.one_block_token_kernels.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; ONE BLOCK walks the tokens in {}",
+                self.one_block_token_kernels.join(", ")
+            )
+        };
         format!(
-            "reads {} B/token from DRAM (+{} re-read by a later sweep), writes {}; roofline {} (inputs once, token roots once): {:.2}x, {} token kernel(s)",
+            "reads {} B/token from DRAM (+{} re-read by a later sweep), writes {}; roofline {} (inputs once, token roots once): {:.2}x, {} token kernel(s){one_block}",
             self.dram_read(),
             self.reread(),
             self.written(),
@@ -125,7 +136,11 @@ pub(crate) fn measure(
                 .unwrap_or_default(),
         })
         .collect();
-    Traffic { kernels, roofline }
+    Traffic {
+        kernels,
+        roofline,
+        one_block_token_kernels: Vec::new(),
+    }
 }
 
 fn kernel_body<'s>(source: &'s str, name: &str) -> Option<&'s str> {
@@ -232,6 +247,14 @@ pub(crate) fn of_program<'r>(
     };
     let names: Vec<String> = launches.iter().map(|l| l.kernel.clone()).collect();
     let mut t = measure(source, &names, &bytes, 0);
+    for l in launches.iter().filter(|l| l.grid == Grid::Single) {
+        let touches = kernel_body(source, &l.kernel).is_some_and(|b| {
+            b.contains("RLO_TOK(") || b.lines().any(|x| !token_refs(x).is_empty())
+        });
+        if touches && !t.one_block_token_kernels.contains(&l.kernel) {
+            t.one_block_token_kernels.push(l.kernel.clone());
+        }
+    }
     // the batch-rank sorts' and batch-quantile selects' passes run in `rlo_common.cuh` helpers,
     // not in the generated loops: per token slot, a sort's digit pass reads the keys (hist),
     // then keys and slots (scatter) and writes both; placing the ranks reads the slots and
