@@ -10,19 +10,16 @@
 //!   with a message when no CUDA driver/GPU is present.
 //! - Snapshots (insta) of the generated `.cu` for grpo and gspo.
 
-use rlo_compiler::arena::Handle;
 use rlo_compiler::back::cuda::{emit, CudaOptions, CudaProgram, StorageType, TokLayout};
-use rlo_compiler::ir::{
-    BinaryOp, Expr, IndexKind, Input, Module, Named, Param, ReduceOp, ScanOp, UnaryOp,
-};
+use rlo_compiler::ir::{BinaryOp, Expr, IndexKind, Module, Named, ReduceOp, ScanOp, UnaryOp};
 use rlo_compiler::schedule::Schedule;
-use rlo_compiler::{DType, Level, Ty};
+use rlo_compiler::{DType, Level};
 use rlo_grammar::Span;
 use rlo_runtime::cuda::{compile_ptx, compile_ptx_with, full_source, nvrtc_probe};
 
 #[path = "cuda_support.rs"]
 mod support;
-use support::greedy_schedule;
+use support::{greedy_schedule, B};
 
 /// `true` when NVRTC is usable; skips (dev) or panics (CI) otherwise.
 fn nvrtc_or_skip(test: &str) -> bool {
@@ -64,113 +61,6 @@ fn all_options() -> Vec<CudaOptions> {
         }
     }
     v
-}
-
-struct B {
-    m: Module,
-}
-
-impl B {
-    fn new(name: &str) -> B {
-        B {
-            m: Module::new(name),
-        }
-    }
-    fn add(&mut self, e: Expr, level: Level, dtype: DType) -> Handle<Expr> {
-        self.m.append(e, Ty::new(level, dtype), Span::default())
-    }
-    fn f(&mut self, e: Expr, level: Level) -> Handle<Expr> {
-        self.add(e, level, DType::F32)
-    }
-    fn input(&mut self, name: &str, level: Level, dtype: DType, diff: bool) -> Handle<Expr> {
-        let i = self.m.inputs.len() as u32;
-        self.m.inputs.push(Input {
-            name: name.into(),
-            ty: Ty::new(level, dtype),
-            diff,
-            span: Span::default(),
-        });
-        self.add(Expr::Input(i), level, dtype)
-    }
-    fn param(&mut self, name: &str, default: f64) -> Handle<Expr> {
-        let i = self.m.params.len() as u32;
-        self.m.params.push(Param {
-            name: name.into(),
-            default,
-            span: Span::default(),
-        });
-        self.f(Expr::Param(i), Level::Batch)
-    }
-    fn c(&mut self, x: f64) -> Handle<Expr> {
-        self.f(Expr::Const(x), Level::Batch)
-    }
-    fn bc(&mut self, arg: Handle<Expr>, to: Level) -> Handle<Expr> {
-        let ty = self.m.ty(arg);
-        if ty.level == to {
-            return arg;
-        }
-        self.add(Expr::Broadcast { arg, to }, to, ty.dtype)
-    }
-    fn bin(&mut self, op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr>) -> Handle<Expr> {
-        let level = self.m.level(lhs).min(self.m.level(rhs));
-        let (lhs, rhs) = (self.bc(lhs, level), self.bc(rhs, level));
-        let dtype = match op {
-            BinaryOp::Lt
-            | BinaryOp::Le
-            | BinaryOp::Gt
-            | BinaryOp::Ge
-            | BinaryOp::Eq
-            | BinaryOp::Ne
-            | BinaryOp::And
-            | BinaryOp::Or => DType::Bool,
-            _ => DType::F32,
-        };
-        self.add(Expr::Binary { op, lhs, rhs }, level, dtype)
-    }
-    fn un(&mut self, op: UnaryOp, arg: Handle<Expr>) -> Handle<Expr> {
-        let level = self.m.level(arg);
-        let dtype = match op {
-            UnaryOp::Not => DType::Bool,
-            _ => DType::F32,
-        };
-        self.add(Expr::Unary { op, arg }, level, dtype)
-    }
-    fn sel(&mut self, c: Handle<Expr>, a: Handle<Expr>, b: Handle<Expr>) -> Handle<Expr> {
-        let level = self.m.level(c).min(self.m.level(a)).min(self.m.level(b));
-        let (c, a, b) = (self.bc(c, level), self.bc(a, level), self.bc(b, level));
-        let dtype = self.m.ty(a).dtype;
-        self.add(
-            Expr::Select {
-                cond: c,
-                on_true: a,
-                on_false: b,
-            },
-            level,
-            dtype,
-        )
-    }
-    fn red(
-        &mut self,
-        op: ReduceOp,
-        arg: Handle<Expr>,
-        to: Level,
-        filter: Option<Handle<Expr>>,
-    ) -> Handle<Expr> {
-        self.f(
-            Expr::Reduce {
-                op,
-                arg,
-                to,
-                filter,
-            },
-            to,
-        )
-    }
-    fn finish(mut self, loss: Handle<Expr>) -> (Module, Schedule) {
-        self.m.loss = loss;
-        let s = greedy_schedule(&self.m);
-        (self.m, s)
-    }
 }
 
 /// A module touching every primitive and every reduction level pair.

@@ -1,10 +1,12 @@
 //! A small greedy scheduler for hand-built test modules (stages alternate token pass / small),
-//! so the CUDA emitter can be tested independently of the compiler's scheduler.
+//! so the CUDA emitter can be tested independently of the compiler's scheduler, and the builder
+//! `B` of such modules.
 
 use rlo_compiler::arena::Handle;
-use rlo_compiler::ir::{Expr, Module};
+use rlo_compiler::ir::{BinaryOp, Expr, Input, Module, Param, ReduceOp, UnaryOp};
 use rlo_compiler::schedule::{Schedule, Stage, StageKind};
-use rlo_compiler::Level;
+use rlo_compiler::{DType, Level, Ty};
+use rlo_grammar::Span;
 
 fn inline(e: &Expr) -> bool {
     matches!(
@@ -109,4 +111,112 @@ pub fn random_batch(m: &Module, seed: u64, n_groups: usize, max_len: usize) -> r
         values.insert(inp.name.clone(), v);
     }
     rlo_compiler::Batch { layout, values }
+}
+
+/// Builder of hand-made test modules (the kitchen-sink module of `cuda.rs`).
+pub struct B {
+    pub m: Module,
+}
+
+impl B {
+    pub fn new(name: &str) -> B {
+        B {
+            m: Module::new(name),
+        }
+    }
+    pub fn add(&mut self, e: Expr, level: Level, dtype: DType) -> Handle<Expr> {
+        self.m.append(e, Ty::new(level, dtype), Span::default())
+    }
+    pub fn f(&mut self, e: Expr, level: Level) -> Handle<Expr> {
+        self.add(e, level, DType::F32)
+    }
+    pub fn input(&mut self, name: &str, level: Level, dtype: DType, diff: bool) -> Handle<Expr> {
+        let i = self.m.inputs.len() as u32;
+        self.m.inputs.push(Input {
+            name: name.into(),
+            ty: Ty::new(level, dtype),
+            diff,
+            span: Span::default(),
+        });
+        self.add(Expr::Input(i), level, dtype)
+    }
+    pub fn param(&mut self, name: &str, default: f64) -> Handle<Expr> {
+        let i = self.m.params.len() as u32;
+        self.m.params.push(Param {
+            name: name.into(),
+            default,
+            span: Span::default(),
+        });
+        self.f(Expr::Param(i), Level::Batch)
+    }
+    pub fn c(&mut self, x: f64) -> Handle<Expr> {
+        self.f(Expr::Const(x), Level::Batch)
+    }
+    pub fn bc(&mut self, arg: Handle<Expr>, to: Level) -> Handle<Expr> {
+        let ty = self.m.ty(arg);
+        if ty.level == to {
+            return arg;
+        }
+        self.add(Expr::Broadcast { arg, to }, to, ty.dtype)
+    }
+    pub fn bin(&mut self, op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr>) -> Handle<Expr> {
+        let level = self.m.level(lhs).min(self.m.level(rhs));
+        let (lhs, rhs) = (self.bc(lhs, level), self.bc(rhs, level));
+        let dtype = match op {
+            BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Gt
+            | BinaryOp::Ge
+            | BinaryOp::Eq
+            | BinaryOp::Ne
+            | BinaryOp::And
+            | BinaryOp::Or => DType::Bool,
+            _ => DType::F32,
+        };
+        self.add(Expr::Binary { op, lhs, rhs }, level, dtype)
+    }
+    pub fn un(&mut self, op: UnaryOp, arg: Handle<Expr>) -> Handle<Expr> {
+        let level = self.m.level(arg);
+        let dtype = match op {
+            UnaryOp::Not => DType::Bool,
+            _ => DType::F32,
+        };
+        self.add(Expr::Unary { op, arg }, level, dtype)
+    }
+    pub fn sel(&mut self, c: Handle<Expr>, a: Handle<Expr>, b: Handle<Expr>) -> Handle<Expr> {
+        let level = self.m.level(c).min(self.m.level(a)).min(self.m.level(b));
+        let (c, a, b) = (self.bc(c, level), self.bc(a, level), self.bc(b, level));
+        let dtype = self.m.ty(a).dtype;
+        self.add(
+            Expr::Select {
+                cond: c,
+                on_true: a,
+                on_false: b,
+            },
+            level,
+            dtype,
+        )
+    }
+    pub fn red(
+        &mut self,
+        op: ReduceOp,
+        arg: Handle<Expr>,
+        to: Level,
+        filter: Option<Handle<Expr>>,
+    ) -> Handle<Expr> {
+        self.f(
+            Expr::Reduce {
+                op,
+                arg,
+                to,
+                filter,
+            },
+            to,
+        )
+    }
+    pub fn finish(mut self, loss: Handle<Expr>) -> (Module, Schedule) {
+        self.m.loss = loss;
+        let s = greedy_schedule(&self.m);
+        (self.m, s)
+    }
 }

@@ -194,30 +194,14 @@ pub(super) fn write_program(
         w.open(&format!(
             "extern \"C\" __global__ void __launch_bounds__({PASS_THREADS}) rlo_{ident}_out_tok(const RloCtx ctx) {{"
         ));
-        params(p, &mut w);
-        w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
-        w.line("const long long g = ctx.seq_group[s];");
-        w.line("const long long len = RLO_LEN(s);");
-        w.line("(void)g;");
-        w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
-        w.line("const long long i = RLO_TOK(s, t);");
-        let mut names = Vec::new();
+        let (mut valid, mut padding) = (Vec::new(), Vec::new());
         for &(slot, h) in &tok {
             if let Some(Slot::Buffer { name, .. }) = slots.get(slot) {
-                w.line(&format!("ctx.{name}[i] = {};", root_value(h)?));
-                names.push(name.clone());
+                valid.push(format!("ctx.{name}[i] = {};", root_value(h)?));
+                padding.push(format!("ctx.{name}[i] = 0.0f;"));
             }
         }
-        w.close("}");
-        if p.opts.layout == TokLayout::Padded {
-            w.open("for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
-            w.line("const long long i = RLO_TOK(s, t);");
-            for name in &names {
-                w.line(&format!("ctx.{name}[i] = 0.0f;"));
-            }
-            w.close("}");
-        }
-        w.close("}");
+        token_slots(p, &mut w, &valid, &padding);
         w.close("}");
     }
     if !coarse.is_empty() {
@@ -344,6 +328,27 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
         w.line(&format!("  writes {}", stored.join(" ")));
     }
     w.line("*/");
+}
+
+/// The body of a per-sequence kernel over token slots (block per sequence, grid-stride):
+/// `valid` runs at each valid token `i`, `padding` at each padding slot of a padded layout.
+fn token_slots(p: &Plan, w: &mut W, valid: &[String], padding: &[String]) {
+    params(p, w);
+    w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+    w.line("const long long g = ctx.seq_group[s];");
+    w.line("const long long len = RLO_LEN(s);");
+    w.line("(void)g;");
+    w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
+    w.line("const long long i = RLO_TOK(s, t);");
+    valid.iter().for_each(|l| w.line(l));
+    w.close("}");
+    if p.opts.layout == TokLayout::Padded && !padding.is_empty() {
+        w.open("for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
+        w.line("const long long i = RLO_TOK(s, t);");
+        padding.iter().for_each(|l| w.line(l));
+        w.close("}");
+    }
+    w.close("}");
 }
 
 fn params(p: &Plan, w: &mut W) {

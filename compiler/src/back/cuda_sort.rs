@@ -22,30 +22,14 @@ pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) ->
     open_kernel(w, k, digit);
     match step {
         SortStep::Keys => {
-            params(p, w);
-            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
-            w.line("const long long g = ctx.seq_group[s];");
-            w.line("const long long len = RLO_LEN(s);");
-            w.line("(void)g;");
-            w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
-            w.line("const long long i = RLO_TOK(s, t);");
-            w.line(&format!(
+            let key = format!(
                 "ctx.ka{r}[i] = __uint_as_float(rlo_rank_key({}));",
                 val(p, &[], arg, Level::Tok)?
-            ));
-            w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
-            w.close("}");
-            if p.opts.layout == TokLayout::Padded {
-                // padding slots sort after every real token
-                w.open(
-                    "for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {",
-                );
-                w.line("const long long i = RLO_TOK(s, t);");
-                w.line(&format!("ctx.ka{r}[i] = __uint_as_float(0xffffffffu);"));
-                w.line(&format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);"));
-                w.close("}");
-            }
-            w.close("}");
+            );
+            let slot = format!("ctx.ia{r}[i] = __uint_as_float((unsigned)i);");
+            // padding slots sort after every real token
+            let pad = format!("ctx.ka{r}[i] = __uint_as_float(0xffffffffu);");
+            token_slots(p, w, &[key, slot.clone()], &[pad, slot]);
         }
         SortStep::Hist(_) => {
             w.line(&format!(
@@ -88,29 +72,14 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
     open_kernel(w, k, digit);
     match step {
         SelectStep::Keys => {
-            params(p, w);
-            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
-            w.line("const long long g = ctx.seq_group[s];");
-            w.line("const long long len = RLO_LEN(s);");
-            w.line("(void)g;");
-            w.open("for (long long t = threadIdx.x; t < len; t += blockDim.x) {");
-            w.line("const long long i = RLO_TOK(s, t);");
             let key = format!("rlo_select_key({})", val(p, &[], arg, Level::Tok)?);
             let key = match filter {
                 Some(f) => format!("({} ? {key} : 0xffffffffu)", val(p, &[], f, Level::Tok)?),
                 None => key,
             };
-            w.line(&format!("ctx.ka{n}[i] = __uint_as_float({key});"));
-            w.close("}");
-            if p.opts.layout == TokLayout::Padded {
-                w.open(
-                    "for (long long t = len + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {",
-                );
-                w.line("const long long i = RLO_TOK(s, t);");
-                w.line(&format!("ctx.ka{n}[i] = __uint_as_float(0xffffffffu);"));
-                w.close("}");
-            }
-            w.close("}");
+            let valid = format!("ctx.ka{n}[i] = __uint_as_float({key});");
+            let pad = format!("ctx.ka{n}[i] = __uint_as_float(0xffffffffu);");
+            token_slots(p, w, &[valid], &[pad]);
         }
         // most significant digit first
         SelectStep::Hist(_) => w.line(&format!(
