@@ -23,7 +23,6 @@ use check::*;
 use rlo_compiler::back::cuda::{
     emit, CudaOptions, CudaProgram, Grid, StorageType, TokLayout, FUSED_THREADS,
 };
-use rlo_compiler::data::Batch;
 use rlo_compiler::{Compiled, Module};
 use runner::{EmuLib, Order, RunOpts};
 use std::path::PathBuf;
@@ -628,66 +627,29 @@ objective quants(q: f32 = 0.37) {
     source_matches_interpreter("quants.rlo", text, &batch);
 }
 
-/// Compiles `text`, emits it packed and padded (f32), and runs both in the emulator on four
-/// batches from `batch` with each parameter set of `param_sets`, in every thread order,
-/// against the interpreter.
-fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u64) -> Batch) {
-    let c = rlo_compiler::compile(name, text, &rlo_compiler::Options::default())
-        .unwrap_or_else(|f| panic!("{}", f.render(false)));
-    let progs: Vec<CudaProgram> = [TokLayout::Packed, TokLayout::Padded]
-        .iter()
-        .map(|&l| {
-            emit(&c.module, &c.schedule, &opts(l, StorageType::F32))
-                .unwrap_or_else(|e| panic!("{l:?}: {e}"))
-        })
-        .collect();
-    let refs: Vec<&CudaProgram> = progs.iter().collect();
-    let lib = EmuLib::build(&refs).unwrap_or_else(|e| panic!("{e}"));
-    for (i, p) in progs.iter().enumerate() {
-        let pr = Prog {
-            lib: &lib,
-            i,
-            p,
-            m: &c.module,
-            s: &c.schedule,
-        };
-        for seed in 0..4 {
-            let b = batch(&c.module, seed);
-            let o = small_blocks(RunOpts::default());
-            for params in param_sets(&c.module) {
-                check(&pr, &b, &params, o, &ALL_ORDERS).unwrap_or_else(|e| {
-                    panic!("{name} {:?} seed {seed} params {params:?}: {e}", p.layout)
-                });
-            }
-        }
+/// Structural token sums (functions of `pos`) in a per-sequence prologue pass of their own.
+#[test]
+fn structural_token_sums_in_a_prologue_pass() {
+    if !emulator_or_skip("prologue pass") {
+        return;
     }
+    let text = "use std::agg::position_discount
+objective pd(gamma: f32 = 0.99) {
+    input logp: tok diff
+    input r: seq
+    let w = position_discount(gamma)
+    loss batch_sum(logp * w * r) / batch_sum(w)
+    metric mean_pos = batch_sum(pos) / max(num_tokens, 1)
 }
-
-/// `rlo_seq_scan` / `rlo_block_scan_affine` of `rlo_common.cuh` with the last `__syncthreads()`
-/// of the block scan removed: a warp that has read the block total goes on to the next chunk and
-/// overwrites its warp partial while a later warp still has to read it. Cut from the helpers'
-/// own text, so the mutant follows any change to them.
-fn racy_scan() -> String {
-    let common = rlo_runtime::cuda::COMMON_CUH;
-    let function = |start: &str| -> &str {
-        let a = common
-            .find(start)
-            .unwrap_or_else(|| panic!("{start} not in rlo_common.cuh"));
-        let len = common[a..].find("\n}\n").expect("function end") + 3;
-        &common[a..a + len]
+";
+    let batch = |m: &Module, seed: u64| {
+        if seed.is_multiple_of(2) {
+            small_batch(m, seed)
+        } else {
+            wide_batch(m, seed, 48, 400)
+        }
     };
-    let block = function("__device__ __noinline__ rlo_affine rlo_block_scan_affine(");
-    let last_barrier = "    __syncthreads();\n    return v;\n}\n";
-    assert!(block.ends_with(last_barrier), "block scan changed: {block}");
-    let block = format!(
-        "{}    return v;\n}}\n",
-        &block[..block.len() - last_barrier.len()]
-    );
-    let seq = function("template <class X, class D, class S>\n__device__ void rlo_seq_scan(");
-    format!("{block}{seq}")
-        .replace("rlo_block_scan_affine", "rlo_racy_scan_affine")
-        .replace("rlo_seq_scan", "rlo_racy_seq_scan")
-        + "#define rlo_seq_scan rlo_racy_seq_scan\n"
+    source_matches_interpreter("pd.rlo", text, &batch);
 }
 
 /// The thread orders catch a race on shared memory inside a helper (which neither the stale

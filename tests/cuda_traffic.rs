@@ -194,3 +194,26 @@ fn no_one_block_token_kernels() {
         "the O(n²) one-block rank of clip_cov is not detected"
     );
 }
+
+/// A normalizer summing a function of `pos` (`batch_sum(position_discount(γ))`) was computed,
+/// stored and summed by the one-block prologue kernel; the backend now runs such prologue token
+/// work as a per-sequence pass of its own.
+#[test]
+fn structural_token_sums_run_per_sequence() {
+    let text = "use std::agg::position_discount
+objective pd() {
+    input logp: tok diff
+    loss batch_sum(logp * position_discount(0.99)) / batch_sum(position_discount(0.99))
+}
+";
+    let c = rlo_compiler::compile("pd.rlo", text, &rlo_compiler::Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    for layout in [TokLayout::Packed, TokLayout::Padded] {
+        let t = program(&c, layout, StorageType::F32, false).traffic;
+        assert!(
+            t.one_block_token_kernels.is_empty() && t.ratio() <= 1.0,
+            "{layout:?}: {}",
+            t.summary()
+        );
+    }
+}

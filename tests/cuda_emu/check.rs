@@ -1,8 +1,9 @@
 //! Shared pieces of the CUDA emulator tests: comparison with the interpreter (and the f32 CPU
-//! backend), batches, parameter sets, library builds.
+//! backend), batches, parameter sets, library builds, a source run in both layouts, the racy
+//! scan mutant.
 
 use crate::runner::{self, EmuLib, Order, RunOpts};
-use rlo_compiler::back::cuda::{CudaOptions, CudaProgram, StorageType, TokLayout};
+use rlo_compiler::back::cuda::{emit, CudaOptions, CudaProgram, StorageType, TokLayout};
 use rlo_compiler::back::interp;
 use rlo_compiler::{Batch, DType, Evaluation, Layout, Level, Module, Schedule};
 use std::collections::BTreeMap;
@@ -433,4 +434,66 @@ pub fn stdlib_batches(m: &Module) -> Vec<(String, Batch, RunOpts)> {
         v.push((what.into(), b, small));
     }
     v
+}
+
+/// Compiles `text`, emits it packed and padded (f32), and runs both in the emulator on four
+/// batches from `batch` with each parameter set of `param_sets`, in every thread order,
+/// against the interpreter.
+pub fn source_matches_interpreter(name: &str, text: &str, batch: &dyn Fn(&Module, u64) -> Batch) {
+    let c = rlo_compiler::compile(name, text, &rlo_compiler::Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let progs: Vec<CudaProgram> = [TokLayout::Packed, TokLayout::Padded]
+        .iter()
+        .map(|&l| {
+            emit(&c.module, &c.schedule, &opts(l, StorageType::F32))
+                .unwrap_or_else(|e| panic!("{l:?}: {e}"))
+        })
+        .collect();
+    let refs: Vec<&CudaProgram> = progs.iter().collect();
+    let lib = EmuLib::build(&refs).unwrap_or_else(|e| panic!("{e}"));
+    for (i, p) in progs.iter().enumerate() {
+        let pr = Prog {
+            lib: &lib,
+            i,
+            p,
+            m: &c.module,
+            s: &c.schedule,
+        };
+        for seed in 0..4 {
+            let b = batch(&c.module, seed);
+            let o = small_blocks(RunOpts::default());
+            for params in param_sets(&c.module) {
+                check(&pr, &b, &params, o, &ALL_ORDERS).unwrap_or_else(|e| {
+                    panic!("{name} {:?} seed {seed} params {params:?}: {e}", p.layout)
+                });
+            }
+        }
+    }
+}
+
+/// `rlo_seq_scan` / `rlo_block_scan_affine` of `rlo_common.cuh` with the last `__syncthreads()`
+/// of the block scan removed: a warp that has read the block total goes on to the next chunk and
+/// overwrites its warp partial while a later warp still has to read it. Cut from the helpers'
+/// own text, so the mutant follows any change to them.
+pub fn racy_scan() -> String {
+    let common = rlo_runtime::cuda::COMMON_CUH;
+    let function = |start: &str| -> &str {
+        let a = common
+            .find(start)
+            .unwrap_or_else(|| panic!("{start} not in rlo_common.cuh"));
+        let len = common[a..].find("\n}\n").expect("function end") + 3;
+        &common[a..a + len]
+    };
+    let block = function("__device__ __noinline__ rlo_affine rlo_block_scan_affine(");
+    let last_barrier = "    __syncthreads();\n    return v;\n}\n";
+    assert!(block.ends_with(last_barrier), "block scan changed: {block}");
+    let block = format!(
+        "{}    return v;\n}}\n",
+        &block[..block.len() - last_barrier.len()]
+    );
+    let seq = function("template <class X, class D, class S>\n__device__ void rlo_seq_scan(");
+    format!("{block}{seq}")
+        .replace("rlo_block_scan_affine", "rlo_racy_scan_affine")
+        .replace("rlo_seq_scan", "rlo_racy_seq_scan")
+        + "#define rlo_seq_scan rlo_racy_seq_scan\n"
 }

@@ -398,6 +398,82 @@ pub(crate) fn add_passes(
     }
 }
 
+/// The schedule with its first small stage split as `[A, P, B]`: `P` a token pass with the
+/// stage's token-level nodes and token reductions (structural values: functions of `pos`, the
+/// layout, coarse inputs), `A` the small nodes they need, `B` the rest. `None` when the stage
+/// has no such nodes, when a token node needs a value finished after them, or when it has
+/// ranks, quantiles or per-position reductions (which stay as they are).
+pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
+    let first = s.stages.first()?;
+    if first.kind != StageKind::Small {
+        return None;
+    }
+    let n = m.exprs.len();
+    let in_stage: Vec<bool> = {
+        let mut v = vec![false; n];
+        first.nodes.iter().for_each(|h| v[h.index()] = true);
+        v
+    };
+    let tok_acc = |h: Handle<Expr>| matches!(m.exprs[h], Expr::Reduce { arg, .. } if m.level(arg) == Level::Tok);
+    // 0: A (before the pass), 1: P (the pass), 2: B (after)
+    let mut part = vec![0u8; n];
+    for &h in &first.nodes {
+        let e = &m.exprs[h];
+        if matches!(
+            e,
+            Expr::Rank { .. } | Expr::Quantile { .. } | Expr::PosReduce { .. }
+        ) {
+            return None;
+        }
+        let ops: Vec<Handle<Expr>> = e
+            .operands()
+            .into_iter()
+            .filter(|o| in_stage[o.index()])
+            .collect();
+        let after_pass = ops
+            .iter()
+            .any(|&o| part[o.index()] == 2 || (part[o.index()] == 1 && tok_acc(o)));
+        part[h.index()] = if m.level(h) == Level::Tok || tok_acc(h) {
+            if after_pass {
+                return None;
+            }
+            1
+        } else if after_pass {
+            2
+        } else {
+            0
+        };
+    }
+    let pick = |k: u8| -> Vec<Handle<Expr>> {
+        first
+            .nodes
+            .iter()
+            .copied()
+            .filter(|h| part[h.index()] == k)
+            .collect()
+    };
+    let pass = pick(1);
+    if !pass.iter().any(|&h| tok_acc(h)) {
+        return None;
+    }
+    let mut stages = vec![
+        Stage {
+            kind: StageKind::Small,
+            nodes: pick(0),
+        },
+        Stage {
+            kind: StageKind::TokenPass,
+            nodes: pass,
+        },
+        Stage {
+            kind: StageKind::Small,
+            nodes: pick(2),
+        },
+    ];
+    stages.extend(s.stages.iter().skip(1).cloned());
+    Some(Schedule { stages })
+}
+
 /// The launches that rank token values over the batch for `rank` (a `Rank { within: Batch }` of
 /// a token value an earlier kernel computed): a stable radix sort of (key, slot) pairs over the
 /// whole batch, O(n) per digit pass, instead of a one-block kernel comparing every pair. The
