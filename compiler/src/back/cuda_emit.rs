@@ -407,14 +407,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         w.line("// per-sequence values used by the tokens");
     }
     for &h in &pro {
-        let e = rhs(p, &locals, h, Level::Seq)?;
-        w.line(&format!(
-            "const {} e{} = {e};{}",
-            c_ty(p, h),
-            h.index(),
-            span_comment(p, h)
-        ));
-        locals.push(h);
+        define(p, w, &mut locals, h, Level::Seq, "")?;
     }
     let accs: Vec<Handle<Expr>> = k
         .nodes
@@ -459,14 +452,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         }
         for &h in &k.nodes {
             if p.role[h] == (Role::SeqLocal { kernel: ki, sweep }) {
-                let e = rhs(p, &locals, h, Level::Seq)?;
-                w.line(&format!(
-                    "const {} e{} = {e};{}",
-                    c_ty(p, h),
-                    h.index(),
-                    span_comment(p, h)
-                ));
-                locals.push(h);
+                define(p, w, &mut locals, h, Level::Seq, "")?;
                 if p.stored[h] {
                     w.line(&format!(
                         "if (threadIdx.x == 0) {{ ctx.v{}[s] = {}; }}",
@@ -532,14 +518,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 | Expr::Quantile { .. }
                 | Expr::PosReduce { .. }
                 | Expr::Detach { .. } => {
-                    let e = rhs(p, &sweep_locals, h, Level::Tok)?;
-                    w.line(&format!(
-                        "const {} e{} = {e};{}",
-                        c_ty(p, h),
-                        h.index(),
-                        span_comment(p, h)
-                    ));
-                    sweep_locals.push(h);
+                    define(p, w, &mut sweep_locals, h, Level::Tok, "")?;
                     if p.stored[h] {
                         w.line(&format!(
                             "ctx.v{}[i] = {};",
@@ -633,15 +612,28 @@ fn remat_operands(
             continue;
         }
         remat_operands(p, w, locals, o, depth + 1)?;
-        let e = rhs(p, locals, o, Level::Tok)?;
-        w.line(&format!(
-            "const {} e{} = {e};  /* recomputed */{}",
-            c_ty(p, o),
-            o.index(),
-            span_comment(p, o)
-        ));
-        locals.push(o);
+        define(p, w, locals, o, Level::Tok, "  /* recomputed */")?;
     }
+    Ok(())
+}
+
+/// `const T e<h> = <value at level>;` (then `e<h>` is a local of the kernel).
+fn define(
+    p: &Plan,
+    w: &mut W,
+    locals: &mut Vec<Handle<Expr>>,
+    h: Handle<Expr>,
+    level: Level,
+    note: &str,
+) -> R<()> {
+    let e = rhs(p, locals, h, level)?;
+    w.line(&format!(
+        "const {} e{} = {e};{note}{}",
+        c_ty(p, h),
+        h.index(),
+        span_comment(p, h)
+    ));
+    locals.push(h);
     Ok(())
 }
 
