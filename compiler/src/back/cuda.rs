@@ -337,16 +337,12 @@ pub(crate) fn is_inline(e: &Expr) -> bool {
 
 /// Generates the CUDA program of a scheduled module.
 pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram, BackendError> {
-    let p = emit_schedule(m, s, opts)?;
-    // structural token values (functions of `pos`) summed in the first small stage: that
-    // one-block kernel walks every token; run them as a per-sequence pass of their own
-    let first = format!("rlo_{}_s0", p.ident);
-    if p.traffic.one_block_token_kernels.contains(&first) {
-        if let Some(split) = fuse::prologue_pass(m, s) {
-            return emit_schedule(m, &split, opts);
-        }
+    // structural token values (functions of `pos`) summed in the first small stage would make
+    // its one-block kernel walk every token: they run as a per-sequence pass of their own
+    match fuse::prologue_pass(m, s) {
+        Some(split) => emit_schedule(m, &split, opts),
+        None => emit_schedule(m, s, opts),
     }
-    Ok(p)
 }
 
 fn emit_schedule(

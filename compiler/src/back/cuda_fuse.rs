@@ -398,25 +398,42 @@ pub(crate) fn add_passes(
     }
 }
 
-/// The schedule with its first small stage split as `[A, P, B]`: `P` a token pass with the
-/// stage's token-level nodes and token reductions (structural values: functions of `pos`, the
-/// layout, coarse inputs), `A` the small nodes they need, `B` the rest. `None` when the stage
-/// has no such nodes, when a token node needs a value finished after them, or when it has
-/// ranks, quantiles or per-position reductions (which stay as they are).
+/// The schedule with its first small stage split as `[A, P, B]` when that stage has token work
+/// its one-block kernel would walk every token for (structural token values — functions of
+/// `pos` — and their reductions; not the closed-form sums of per-sequence constants): `P` a
+/// token pass with that work, `A` the small nodes it needs, `B` the rest. `None` when there is
+/// no such work, when it needs a value finished after it, or when the stage has ranks,
+/// quantiles or per-position reductions (which stay as they are).
 pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
     let first = s.stages.first()?;
     if first.kind != StageKind::Small {
         return None;
     }
     let n = m.exprs.len();
-    let in_stage: Vec<bool> = {
-        let mut v = vec![false; n];
-        first.nodes.iter().for_each(|h| v[h.index()] = true);
-        v
+    let mut in_stage = vec![false; n];
+    first.nodes.iter().for_each(|h| in_stage[h.index()] = true);
+    // the level of the node that holds a value (through broadcasts and detaches)
+    let held = |mut h: Handle<Expr>| {
+        while let Expr::Broadcast { arg, .. } | Expr::Detach { arg } = m.exprs[h] {
+            h = arg;
+        }
+        m.level(h)
     };
-    let tok_acc = |h: Handle<Expr>| matches!(m.exprs[h], Expr::Reduce { arg, .. } if m.level(arg) == Level::Tok);
-    // 0: A (before the pass), 1: P (the pass), 2: B (after)
+    let alias =
+        |h: Handle<Expr>| matches!(m.exprs[h], Expr::Broadcast { .. } | Expr::Detach { .. });
+    // token reductions the small kernel cannot do in closed form (see `cuda_small.rs`)
+    let tok_acc = |h: Handle<Expr>| {
+        matches!(m.exprs[h], Expr::Reduce { arg, to, filter, .. }
+            if m.level(arg) == Level::Tok
+                && (to == Level::Turn
+                    || held(arg) == Level::Tok
+                    || filter.is_some_and(|f| held(f) == Level::Tok)))
+    };
+    let tok_value =
+        |h: Handle<Expr>| m.level(h) == Level::Tok && !alias(h) && !is_inline(&m.exprs[h]);
+    // 0: A (before the pass), 1: P (the pass), 2: B (after); `late`: readable after the pass only
     let mut part = vec![0u8; n];
+    let mut late = vec![false; n];
     for &h in &first.nodes {
         let e = &m.exprs[h];
         if matches!(
@@ -430,18 +447,19 @@ pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
             .into_iter()
             .filter(|o| in_stage[o.index()])
             .collect();
-        let after_pass = ops
-            .iter()
-            .any(|&o| part[o.index()] == 2 || (part[o.index()] == 1 && tok_acc(o)));
-        part[h.index()] = if m.level(h) == Level::Tok || tok_acc(h) {
+        let after_pass = ops.iter().any(|&o| late[o.index()]);
+        (part[h.index()], late[h.index()]) = if alias(h) {
+            ops.first()
+                .map_or((0, false), |o| (part[o.index()], late[o.index()]))
+        } else if tok_value(h) || tok_acc(h) {
             if after_pass {
                 return None;
             }
-            1
+            (1, tok_acc(h))
         } else if after_pass {
-            2
+            (2, true)
         } else {
-            0
+            (0, false)
         };
     }
     let pick = |k: u8| -> Vec<Handle<Expr>> {
@@ -453,7 +471,7 @@ pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
             .collect()
     };
     let pass = pick(1);
-    if !pass.iter().any(|&h| tok_acc(h)) {
+    if !pass.iter().any(|&h| tok_value(h) || tok_acc(h)) {
         return None;
     }
     let mut stages = vec![
