@@ -251,6 +251,36 @@ pub(crate) enum SortStep {
     Place,
 }
 
+impl KernelKind {
+    /// How many blocks its launch has.
+    pub(crate) fn grid(self) -> Grid {
+        match self {
+            KernelKind::Pass
+            | KernelKind::Sort(SortStep::Keys)
+            | KernelKind::Select(SelectStep::Keys) => Grid::PerSequence,
+            KernelKind::Fin
+            | KernelKind::Small
+            | KernelKind::Sort(SortStep::Scan(_))
+            | KernelKind::Select(SelectStep::Pick(_) | SelectStep::Value) => Grid::Single,
+            KernelKind::Sort(SortStep::Hist(_) | SortStep::Scatter(_) | SortStep::Place)
+            | KernelKind::Select(SelectStep::Hist(_)) => Grid::Tiles,
+        }
+    }
+
+    /// The digit a radix pass's kernel takes as its second argument.
+    pub(crate) fn digit(self) -> Option<u32> {
+        match self {
+            KernelKind::Sort(SortStep::Hist(j) | SortStep::Scatter(j))
+            | KernelKind::Select(SelectStep::Hist(j) | SelectStep::Pick(j)) => Some(j),
+            KernelKind::Pass
+            | KernelKind::Fin
+            | KernelKind::Small
+            | KernelKind::Sort(SortStep::Keys | SortStep::Scan(_) | SortStep::Place)
+            | KernelKind::Select(SelectStep::Keys | SelectStep::Value) => None,
+        }
+    }
+}
+
 impl SortStep {
     /// The buffers (`a` or `b`) digit pass `j` reads keys and slots from, and writes them to.
     pub(crate) fn buffers(j: u32) -> (&'static str, &'static str) {
@@ -370,27 +400,9 @@ fn emit_schedule(
         .iter()
         .map(|k| Launch {
             kernel: k.name.clone(),
-            grid: match k.kind {
-                KernelKind::Pass
-                | KernelKind::Sort(SortStep::Keys)
-                | KernelKind::Select(SelectStep::Keys) => Grid::PerSequence,
-                KernelKind::Fin
-                | KernelKind::Small
-                | KernelKind::Sort(SortStep::Scan(_))
-                | KernelKind::Select(SelectStep::Pick(_) | SelectStep::Value) => Grid::Single,
-                KernelKind::Sort(SortStep::Hist(_) | SortStep::Scatter(_) | SortStep::Place)
-                | KernelKind::Select(SelectStep::Hist(_)) => Grid::Tiles,
-            },
+            grid: k.kind.grid(),
             threads: k.threads,
-            arg: match k.kind {
-                KernelKind::Sort(SortStep::Hist(j) | SortStep::Scatter(j))
-                | KernelKind::Select(SelectStep::Hist(j) | SelectStep::Pick(j)) => Some(j),
-                KernelKind::Pass
-                | KernelKind::Fin
-                | KernelKind::Small
-                | KernelKind::Sort(SortStep::Keys | SortStep::Scan(_) | SortStep::Place)
-                | KernelKind::Select(SelectStep::Keys | SelectStep::Value) => None,
-            },
+            arg: k.kind.digit(),
         })
         .collect::<Vec<_>>();
     let mut launches = launches;

@@ -26,8 +26,8 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::{
-    elementwise, is_inline, ready_kernel, KernelKind, KernelPlan, Plan, Role, SelectStep, SortStep,
-    FUSED_THREADS, PASS_THREADS, SMALL_THREADS,
+    elementwise, is_inline, ready_kernel, Grid, KernelKind, KernelPlan, Plan, Role, SelectStep,
+    SortStep, FUSED_THREADS, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::{Handle, HandleVec};
 use crate::ir::{Expr, Module};
@@ -503,34 +503,17 @@ pub(crate) fn add_sort(
     role: &mut HandleVec<Expr, Role>,
     kernels: &mut Vec<KernelPlan>,
 ) {
-    let mut steps = vec![SortStep::Keys];
+    let mut steps = vec![(SortStep::Keys, "keys")];
     for j in 0..8 {
-        steps.extend([SortStep::Hist(j), SortStep::Scan(j), SortStep::Scatter(j)]);
+        steps.extend([
+            (SortStep::Hist(j), "hist"),
+            (SortStep::Scan(j), "scan"),
+            (SortStep::Scatter(j), "scatter"),
+        ]);
     }
-    steps.push(SortStep::Place);
-    let r = rank.index();
-    for step in steps {
-        // one kernel per kind of step; a digit pass gets its digit as an argument
-        let (suffix, threads) = match step {
-            SortStep::Keys => ("keys", PASS_THREADS),
-            SortStep::Hist(_) => ("hist", PASS_THREADS),
-            SortStep::Scan(_) => ("scan", SMALL_THREADS),
-            SortStep::Scatter(_) => ("scatter", PASS_THREADS),
-            SortStep::Place => ("place", PASS_THREADS),
-        };
-        kernels.push(KernelPlan {
-            name: format!("rlo_{ident}_k{r}_{suffix}"),
-            kind: KernelKind::Sort(step),
-            stage,
-            nodes: vec![rank],
-            sweeps: 0,
-            fused: Vec::new(),
-            threads,
-        });
-    }
-    role[rank] = Role::Stmt {
-        kernel: kernels.len() - 1,
-    };
+    steps.push((SortStep::Place, "place"));
+    let steps = steps.into_iter().map(|(s, n)| (KernelKind::Sort(s), n));
+    add_radix(ident, stage, rank, 'k', steps, role, kernels);
 }
 
 /// The launches of a batch quantile of token values (`quantile`: a `Quantile { to: Batch }` of
@@ -543,30 +526,43 @@ pub(crate) fn add_select(
     role: &mut HandleVec<Expr, Role>,
     kernels: &mut Vec<KernelPlan>,
 ) {
-    let mut steps = vec![SelectStep::Keys];
+    let mut steps = vec![(SelectStep::Keys, "keys")];
     for j in 0..8 {
-        steps.extend([SelectStep::Hist(j), SelectStep::Pick(j)]);
+        steps.extend([(SelectStep::Hist(j), "hist"), (SelectStep::Pick(j), "pick")]);
     }
-    steps.push(SelectStep::Value);
-    let q = quantile.index();
-    for step in steps {
-        let (suffix, threads) = match step {
-            SelectStep::Keys => ("keys", PASS_THREADS),
-            SelectStep::Hist(_) => ("hist", PASS_THREADS),
-            SelectStep::Pick(_) => ("pick", SMALL_THREADS),
-            SelectStep::Value => ("value", SMALL_THREADS),
+    steps.push((SelectStep::Value, "value"));
+    let steps = steps.into_iter().map(|(s, n)| (KernelKind::Select(s), n));
+    add_radix(ident, stage, quantile, 'q', steps, role, kernels);
+}
+
+/// One kernel plan per step of a radix sort or select of `node` (`rlo_<id>_<prefix><node>_<step>`:
+/// one kernel per kind of step; a digit pass is launched once per digit, the digit its argument);
+/// the last step writes `node`.
+fn add_radix(
+    ident: &str,
+    stage: usize,
+    node: Handle<Expr>,
+    prefix: char,
+    steps: impl Iterator<Item = (KernelKind, &'static str)>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    for (kind, suffix) in steps {
+        let threads = match kind.grid() {
+            Grid::Single => SMALL_THREADS,
+            Grid::PerSequence | Grid::Tiles => PASS_THREADS,
         };
         kernels.push(KernelPlan {
-            name: format!("rlo_{ident}_q{q}_{suffix}"),
-            kind: KernelKind::Select(step),
+            name: format!("rlo_{ident}_{prefix}{}_{suffix}", node.index()),
+            kind,
             stage,
-            nodes: vec![quantile],
+            nodes: vec![node],
             sweeps: 0,
             fused: Vec::new(),
             threads,
         });
     }
-    role[quantile] = Role::Stmt {
+    role[node] = Role::Stmt {
         kernel: kernels.len() - 1,
     };
 }

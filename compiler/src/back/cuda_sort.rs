@@ -18,8 +18,7 @@ pub(super) fn write_sort(p: &Plan, w: &mut W, k: &KernelPlan, step: SortStep) ->
         return Err(err(m, h, "internal: sort of a non-rank"));
     };
     let r = h.index();
-    let digit = matches!(step, SortStep::Hist(_) | SortStep::Scatter(_));
-    open_kernel(w, k, digit);
+    open_kernel(w, k);
     match step {
         SortStep::Keys => {
             let key = format!(
@@ -68,8 +67,7 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
         return Err(err(m, h, "internal: select of a non-quantile"));
     };
     let n = h.index();
-    let digit = matches!(step, SelectStep::Hist(_) | SelectStep::Pick(_));
-    open_kernel(w, k, digit);
+    open_kernel(w, k);
     match step {
         SelectStep::Keys => {
             let key = format!("rlo_select_key({})", val(p, &[], arg, Level::Tok)?);
@@ -101,8 +99,12 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
 }
 
 /// `extern "C" __global__ void NAME(const RloCtx ctx[, const int digit]) {`
-fn open_kernel(w: &mut W, k: &KernelPlan, digit: bool) {
-    let extra = if digit { ", const int digit" } else { "" };
+fn open_kernel(w: &mut W, k: &KernelPlan) {
+    let extra = if k.kind.digit().is_some() {
+        ", const int digit"
+    } else {
+        ""
+    };
     w.open(&format!(
         "extern \"C\" __global__ void __launch_bounds__({}) {}(const RloCtx ctx{extra}) {{",
         k.threads, k.name
