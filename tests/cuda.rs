@@ -379,13 +379,9 @@ fn schedule_of(c: &rlo_compiler::Compiled) -> Schedule {
     }
 }
 
-fn stdlib_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
-}
-
 /// Compiles `stdlib/<name>.rlo` (front end + autodiff + schedule).
 fn compile_stdlib(name: &str) -> Result<rlo_compiler::Compiled, String> {
-    let path = stdlib_dir().join(format!("{name}.rlo"));
+    let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     rlo_compiler::compile(
         &format!("{name}.rlo"),
@@ -397,20 +393,7 @@ fn compile_stdlib(name: &str) -> Result<rlo_compiler::Compiled, String> {
 
 #[test]
 fn every_stdlib_objective_compiles_with_nvrtc() {
-    let mut names: Vec<String> = std::fs::read_dir(stdlib_dir())
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "rlo"))
-                .filter(|p| {
-                    std::fs::read_to_string(p)
-                        .is_ok_and(|t| t.lines().any(|l| l.starts_with("objective")))
-                })
-                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
+    let names = rlo_tests::stdlib_objective_names();
     assert!(!names.is_empty(), "no stdlib objectives found");
     let have_nvrtc = nvrtc_or_skip("stdlib objectives");
     let (mut front_failed, mut compiled) = (Vec::new(), Vec::new());
@@ -553,7 +536,7 @@ fn gpu_parity_with_interpreter_and_bitwise_repeatable() {
     for name in [
         "grpo", "dapo", "gspo", "dr_grpo", "gmpo", "cispo", "rloo", "ppo",
     ] {
-        let path = stdlib_dir().join(format!("{name}.rlo"));
+        let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };

@@ -565,11 +565,7 @@ objective ranks() {
     let tiles = p.launches.iter().filter(|l| l.grid == Grid::Tiles).count();
     assert_eq!(tiles, 3 * 17, "three ranks, 17 tile launches each: {tiles}");
     let batch = |m: &Module, seed: u64| {
-        let mut b = if seed.is_multiple_of(2) {
-            small_batch(m, seed)
-        } else {
-            wide_batch(m, seed, 48, 400)
-        };
+        let mut b = small_or_wide_batch(m, seed);
         if let Some(y) = b.values.get_mut("y") {
             for (i, v) in y.iter_mut().enumerate() {
                 // about half exact ties, some -0.0 (round(-0.1 * 4)) next to +0.0
@@ -617,14 +613,7 @@ objective quants(q: f32 = 0.37) {
         tiles >= 6 * 8,
         "six batch quantiles, 8 tile launches each: {tiles}"
     );
-    let batch = |m: &Module, seed: u64| {
-        if seed.is_multiple_of(2) {
-            small_batch(m, seed)
-        } else {
-            wide_batch(m, seed, 48, 400)
-        }
-    };
-    source_matches_interpreter("quants.rlo", text, &batch);
+    source_matches_interpreter("quants.rlo", text, &small_or_wide_batch);
 }
 
 /// Structural token sums (functions of `pos`) in a per-sequence prologue pass of their own.
@@ -642,14 +631,7 @@ objective pd(gamma: f32 = 0.99) {
     metric mean_pos = batch_sum(pos) / max(num_tokens, 1)
 }
 ";
-    let batch = |m: &Module, seed: u64| {
-        if seed.is_multiple_of(2) {
-            small_batch(m, seed)
-        } else {
-            wide_batch(m, seed, 48, 400)
-        }
-    };
-    source_matches_interpreter("pd.rlo", text, &batch);
+    source_matches_interpreter("pd.rlo", text, &small_or_wide_batch);
 }
 
 /// The thread orders catch a race on shared memory inside a helper (which neither the stale

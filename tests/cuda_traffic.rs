@@ -21,29 +21,8 @@ const ABOVE_ROOFLINE: [&str; 4] = ["clip_cov", "kl_cov", "ppo", "reinforce_pp"];
 /// Two-pass objectives whose passes fuse into one token kernel.
 const FUSED: [&str; 4] = ["gmpo", "gspo", "gspo_token", "vespo"];
 
-fn stdlib_objectives() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "rlo"))
-                .filter(|p| {
-                    std::fs::read_to_string(p)
-                        .is_ok_and(|t| t.lines().any(|l| l.starts_with("objective")))
-                })
-                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn compile(name: &str) -> Compiled {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../stdlib")
-        .join(format!("{name}.rlo"));
+    let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     rlo_compiler::compile(
         &format!("{name}.rlo"),
@@ -84,7 +63,7 @@ fn cell(t: &Traffic) -> String {
 
 #[test]
 fn stdlib_token_traffic() {
-    let names = stdlib_objectives();
+    let names = rlo_tests::stdlib_objective_names();
     assert!(names.len() >= 30, "stdlib objectives not found: {names:?}");
     let mut above = Vec::new();
     println!("| objective | roofline B/token | plain: read + written | fused + recomputed | plain / roofline | now / roofline |");
@@ -171,7 +150,7 @@ fn metrics_join_the_pass_that_reads_their_inputs() {
 /// the radix sort: with `disable_sort` the check finds them.
 #[test]
 fn no_one_block_token_kernels() {
-    for name in &stdlib_objectives() {
+    for name in &rlo_tests::stdlib_objective_names() {
         let c = compile(name);
         for layout in [TokLayout::Packed, TokLayout::Padded] {
             let t = program(&c, layout, StorageType::F32, false).traffic;

@@ -462,3 +462,27 @@ fn filter_at(
     let c = pick(rng, &cands);
     Some(b.bcast(c, level))
 }
+
+/// The repository's `stdlib/` folder.
+pub fn stdlib_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
+}
+
+/// The stdlib files that define an objective, by name (`grpo`, …), sorted.
+pub fn stdlib_objective_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(stdlib_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "rlo"))
+                .filter(|p| {
+                    std::fs::read_to_string(p)
+                        .is_ok_and(|t| t.lines().any(|l| l.starts_with("objective")))
+                })
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

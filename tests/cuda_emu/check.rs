@@ -497,3 +497,13 @@ pub fn racy_scan() -> String {
         .replace("rlo_seq_scan", "rlo_racy_seq_scan")
         + "#define rlo_seq_scan rlo_racy_seq_scan\n"
 }
+
+/// Even seeds: a small ragged batch; odd seeds: 48 sequences of up to 400 tokens (several
+/// 4,096-slot tiles of the radix sort and select).
+pub fn small_or_wide_batch(m: &Module, seed: u64) -> Batch {
+    if seed.is_multiple_of(2) {
+        small_batch(m, seed)
+    } else {
+        wide_batch(m, seed, 48, 400)
+    }
+}
