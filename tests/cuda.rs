@@ -1,7 +1,7 @@
 //! CUDA backend tests.
 //!
 //! - **Compile-only (no GPU)**: the generated CUDA of hand-built modules covering every primitive,
-//!   of every stdlib objective and of random programs is compiled to PTX by NVRTC, for packed and
+//!   of every stdlib objective and of random programs is compiled to SASS (cubin) by NVRTC, for packed and
 //!   padded layouts and f32/bf16/f16 token inputs. NVRTC is the PyPI package
 //!   `nvidia-cuda-nvrtc==13.0.88`; its `nvidia/cu13/lib` must be on `LD_LIBRARY_PATH` or in
 //!   `RLO_NVRTC_LIB_DIR`. Without it these tests skip with a message on a developer machine and
@@ -15,7 +15,7 @@ use rlo_compiler::ir::{BinaryOp, Expr, IndexKind, Module, Named, ReduceOp, ScanO
 use rlo_compiler::schedule::Schedule;
 use rlo_compiler::{DType, Level};
 use rlo_grammar::Span;
-use rlo_runtime::cuda::{compile_ptx, compile_ptx_with, full_source, nvrtc_probe};
+use rlo_runtime::cuda::{compile_cubin, compile_cubin_with, full_source, nvrtc_probe};
 
 #[path = "cuda_support.rs"]
 mod support;
@@ -39,11 +39,13 @@ const ARCH: &str = "sm_90";
 
 fn nvrtc_compile(p: &CudaProgram) {
     let src = full_source(p);
-    if let Err(e) = compile_ptx(&src, ARCH, &p.ident) {
-        panic!(
+    match compile_cubin(&src, ARCH, &p.ident) {
+        // what the driver loads as is: an ELF image of SASS, not PTX for it to compile again
+        Ok(cubin) => assert!(cubin.starts_with(b"\x7fELF"), "`{}`: not a cubin", p.ident),
+        Err(e) => panic!(
             "NVRTC rejected the generated CUDA of `{}`:\n{e}\n{}",
             p.ident, p.source
-        );
+        ),
     }
 }
 
@@ -300,7 +302,7 @@ fn nvrtc_errors_carry_the_log_and_the_source_file() {
     if !nvrtc_or_skip("nvrtc_errors") {
         return;
     }
-    let err = compile_ptx(
+    let err = compile_cubin(
         "extern \"C\" __global__ void k() { this is not C; }",
         ARCH,
         "bad",
@@ -397,7 +399,7 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
     assert!(!names.is_empty(), "no stdlib objectives found");
     let have_nvrtc = nvrtc_or_skip("stdlib objectives");
     let (mut front_failed, mut compiled) = (Vec::new(), Vec::new());
-    // parse → IR → schedule, emit, NVRTC → PTX (ms; this test's debug build of the compiler)
+    // parse → IR → schedule, emit, NVRTC → cubin (ms; this test's debug build of the compiler)
     let mut times: Vec<(String, f64, f64, f64)> = Vec::new();
     for name in &names {
         let t0 = std::time::Instant::now();
@@ -430,9 +432,9 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
                     if ["grpo", "dapo", "gspo"].contains(&name.as_str()) {
                         // the same with --Ofast-compile=max (RLO_NVRTC_FAST_COMPILE=1)
                         let mut o = rlo_runtime::cuda::nvrtc_options(ARCH);
-                        o.options.push("--Ofast-compile=max".into());
+                        o.push("--Ofast-compile=max".into());
                         let t3 = std::time::Instant::now();
-                        let fast = compile_ptx_with(&full_source(&p), ARCH, &p.ident, o);
+                        let fast = compile_cubin_with(&full_source(&p), ARCH, &p.ident, &o);
                         assert!(fast.is_ok(), "{name}: --Ofast-compile=max: {fast:?}");
                         let ms = t3.elapsed().as_secs_f64() * 1e3;
                         times.push((format!("{name} (fast)"), front_ms, emit_ms, ms));
@@ -452,7 +454,7 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
         );
     }
     eprintln!(
-        "stdlib: {} objectives compiled to PTX{}: {compiled:?}\nnot compiled by the front end: {front_failed:#?}",
+        "stdlib: {} objectives compiled to cubins{}: {compiled:?}\nnot compiled by the front end: {front_failed:#?}",
         compiled.len(),
         if have_nvrtc { "" } else { " (emit only, no NVRTC)" }
     );
@@ -651,7 +653,7 @@ fn random_programs_compile_with_nvrtc() {
             Err(e) => panic!("seed {seed}: CUDA emit failed: {e}"),
         }
     }
-    eprintln!("random programs: {compiled} compiled to PTX");
+    eprintln!("random programs: {compiled} compiled to cubins");
     assert_eq!(compiled, 24);
 }
 

@@ -131,7 +131,7 @@ fn nvrtc_compiles_the_programs_the_cuda_loss_emits() {
                 };
                 let p = emit(&c.module, &c.schedule, &opts).unwrap();
                 let src = rlo_runtime::cuda::full_source(&p);
-                if let Err(e) = rlo_runtime::cuda::compile_ptx(&src, "sm_90", &p.ident) {
+                if let Err(e) = rlo_runtime::cuda::compile_cubin(&src, "sm_90", &p.ident) {
                     panic!("{name} {layout:?} {tok_dtype:?}: {e}");
                 }
             }

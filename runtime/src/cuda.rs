@@ -14,18 +14,21 @@
 //! loader matches an already-open library by its soname).
 //!
 //! # Caches
-//! PTX is keyed by a 64-bit FNV-1a hash of (source, arch, options). Modules loaded into the
-//! context are kept in `RwLock<HashMap<hash, Arc<CudaModule>>>`; PTX text is written to
-//! `$RLO_CACHE_DIR` (default `$XDG_CACHE_HOME/rlo/ptx` or `~/.cache/rlo/ptx`) as `<hash>.ptx`.
+//! NVRTC compiles for the GPU's real architecture (`sm_90`) and rlo loads the SASS image (cubin):
+//! loading PTX would run ptxas again in the driver. Images are keyed by a 64-bit FNV-1a hash of
+//! (source, arch, options). Modules loaded into the context are kept in
+//! `RwLock<HashMap<hash, Arc<CudaModule>>>`; images are written to `$RLO_CACHE_DIR` (default
+//! `$XDG_CACHE_HOME/rlo/cubin` or `~/.cache/rlo/cubin`) as `<hash>.cubin`.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use cudarc::driver::{CudaContext, CudaModule, CudaStream};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use rlo_compiler::back::cuda::CudaProgram;
 
 use crate::RuntimeError;
@@ -43,12 +46,14 @@ pub fn full_source(p: &CudaProgram) -> String {
     format!("{COMMON_CUH}\n#line 1 \"rlo_{}.cu\"\n{}", p.ident, p.source)
 }
 
-/// Options passed to NVRTC besides the architecture (part of the cache key). With
-/// `RLO_NVRTC_FAST_COMPILE=1`, `--Ofast-compile=max` (NVRTC ≥ 12.8): about 3× faster to PTX
-/// (grpo 575 → 161 ms on the 2-core development machine); what it costs the kernels is for a
-/// GPU to measure (`bench/gpu.sh` times both).
-pub fn nvrtc_options(arch: &'static str) -> CompileOptions {
+/// The NVRTC options for a real architecture (`sm_90`, …): the whole list, part of the cache key.
+/// With `RLO_NVRTC_FAST_COMPILE=1`, `--Ofast-compile=max` (NVRTC ≥ 12.8): front end and ptxas
+/// both run at their fastest (grpo 310 → 156 ms to SASS on the 2-core development machine); what
+/// it costs the kernels is for a GPU to measure (`bench/gpu.sh` times both).
+pub fn nvrtc_options(arch: &str) -> Vec<String> {
     let mut options = vec![
+        format!("--gpu-architecture={arch}"),
+        "--fmad=true".to_string(),
         "--std=c++17".to_string(),
         "-default-device".to_string(),
         "--diag-suppress=177,550".to_string(),
@@ -56,12 +61,7 @@ pub fn nvrtc_options(arch: &'static str) -> CompileOptions {
     if fast_compile() {
         options.push("--Ofast-compile=max".to_string());
     }
-    CompileOptions {
-        arch: Some(arch),
-        options,
-        fmad: Some(true),
-        ..Default::default()
-    }
+    options
 }
 
 /// `RLO_NVRTC_FAST_COMPILE` is set to something other than `0` or empty.
@@ -137,96 +137,123 @@ fn cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d));
     }
     if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("rlo/ptx"));
+        return Some(PathBuf::from(d).join("rlo/cubin"));
     }
     std::env::var("HOME")
         .ok()
-        .map(|h| PathBuf::from(h).join(".cache/rlo/ptx"))
+        .map(|h| PathBuf::from(h).join(".cache/rlo/cubin"))
 }
 
-fn option_strings(opts: &CompileOptions) -> Vec<String> {
-    let mut v = vec![
-        format!("arch={:?}", opts.arch),
-        format!("fmad={:?}", opts.fmad),
-    ];
-    v.extend(opts.options.iter().cloned());
-    v
+/// Compiles CUDA C with NVRTC to a SASS image (cubin) for `arch`, the real architecture of the
+/// GPU it will run on, so that loading it is a copy: a PTX image would be compiled by ptxas a
+/// second time, inside the driver, when the module is loaded. On a compile error the source is
+/// written to a file (in the cache dir, else the temp dir) and the error carries NVRTC's log, the
+/// options and the path.
+pub fn compile_cubin(source: &str, arch: &str, name: &str) -> Result<Vec<u8>, RuntimeError> {
+    compile_cubin_with(source, arch, name, &nvrtc_options(arch))
 }
 
-/// Compiles CUDA C to PTX with NVRTC. On a compile error the source is written to a file (in
-/// the cache dir, else the temp dir) and the error carries NVRTC's log, the options and the path.
-pub fn compile_ptx(source: &str, arch: &'static str, name: &str) -> Result<String, RuntimeError> {
-    compile_ptx_with(source, arch, name, nvrtc_options(arch))
-}
-
-/// [`compile_ptx`] with other NVRTC options (for measurements: the cache key assumes
+/// [`compile_cubin`] with other NVRTC options (for measurements: the cache key assumes
 /// [`nvrtc_options`]).
-pub fn compile_ptx_with(
+pub fn compile_cubin_with(
     source: &str,
-    arch: &'static str,
+    arch: &str,
     name: &str,
-    opts: CompileOptions,
-) -> Result<String, RuntimeError> {
+    options: &[String],
+) -> Result<Vec<u8>, RuntimeError> {
     nvrtc_probe()?;
-    let shown = option_strings(&opts);
-    let src = source.to_string();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
-        cudarc::nvrtc::compile_ptx_with_opts(src, opts)
-    }))
-    .map_err(|e| RuntimeError::CudaUnavailable(panic_text(e.as_ref())))?;
-    match result {
-        Ok(ptx) => Ok(ptx.to_src()),
-        Err(e) => {
-            let path = cache_dir().unwrap_or_else(std::env::temp_dir).join(format!(
-                "failed_{name}_{:016x}.cu",
-                cache_key(source, arch, &[])
-            ));
-            let written = std::fs::create_dir_all(path.parent().unwrap_or(&path))
-                .and_then(|_| std::fs::write(&path, source))
-                .is_ok();
-            let source_path = if written {
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| nvrtc_run(source, name, options)))
+        .map_err(|e| RuntimeError::CudaUnavailable(panic_text(e.as_ref())))?;
+    result.map_err(|log| {
+        let path = cache_dir().unwrap_or_else(std::env::temp_dir).join(format!(
+            "failed_{name}_{:016x}.cu",
+            cache_key(source, arch, &[])
+        ));
+        let written = std::fs::create_dir_all(path.parent().unwrap_or(&path))
+            .and_then(|_| std::fs::write(&path, source))
+            .is_ok();
+        RuntimeError::Nvrtc {
+            log,
+            source_path: if written {
                 path.display().to_string()
             } else {
                 "<not written>".to_string()
-            };
-            let (log, options) = match e {
-                CompileError::CompileError { log, options, .. } => {
-                    (log.to_string_lossy().into_owned(), options)
-                }
-                other => (format!("{other:?}"), shown),
-            };
-            Err(RuntimeError::Nvrtc {
-                log,
-                source_path,
-                options,
-            })
+            },
+            options: options.to_vec(),
         }
-    }
+    })
 }
 
-/// [`compile_ptx`] through the on-disk cache. Returns the PTX and whether it came from the cache.
-pub fn compile_ptx_cached(
-    source: &str,
-    arch: &'static str,
-    name: &str,
-) -> Result<(String, bool), RuntimeError> {
-    let key = cache_key(source, arch, &option_strings(&nvrtc_options(arch)));
-    let path = cache_dir().map(|d| d.join(format!("{key:016x}.ptx")));
-    if let Some(p) = &path {
-        if let Ok(ptx) = std::fs::read_to_string(p) {
-            return Ok((ptx, true));
+/// One NVRTC program: create, compile, take the cubin, destroy. `Err` is the log (or the failing
+/// call).
+fn nvrtc_run(source: &str, name: &str, options: &[String]) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    let src = CString::new(source).map_err(|_| "the source contains a NUL byte".to_string())?;
+    let file = CString::new(format!("rlo_{name}.cu")).map_err(|_| "bad name".to_string())?;
+    let prog = result::create_program(&src, Some(&file)).map_err(|e| format!("{e:?}"))?;
+    struct Destroy(sys::nvrtcProgram);
+    impl Drop for Destroy {
+        fn drop(&mut self) {
+            // SAFETY: the program was made by `create_program` and is destroyed once, here.
+            let _ = unsafe { result::destroy_program(self.0) };
         }
     }
-    let ptx = compile_ptx(source, arch, name)?;
+    let prog = Destroy(prog);
+    // SAFETY: `prog.0` is a live program (destroyed only when `prog` drops, after this call).
+    if let Err(e) = unsafe { result::compile_program(prog.0, options) } {
+        // SAFETY: as above; the log is a NUL-terminated C string of NVRTC's.
+        let log = unsafe { result::get_program_log(prog.0) }
+            .map(|v| {
+                v.iter()
+                    .map(|&c| c as u8)
+                    .take_while(|&c| c != 0)
+                    .collect::<Vec<u8>>()
+            })
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        return Err(format!("{e:?}\n{log}"));
+    }
+    let mut size = 0usize;
+    // SAFETY: `prog.0` is live and compiled; `size` is a valid out-pointer.
+    unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))?;
+    if size == 0 {
+        return Err("NVRTC made no cubin (a virtual architecture?)".into());
+    }
+    let mut cubin = vec![0u8; size];
+    // SAFETY: `cubin` has the `size` bytes NVRTC just reported for this program.
+    unsafe { sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr().cast()) }
+        .result()
+        .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))?;
+    Ok(cubin)
+}
+
+/// [`compile_cubin`] through the on-disk cache. Returns the cubin and whether it came from the
+/// cache.
+pub fn compile_cubin_cached(
+    source: &str,
+    arch: &str,
+    name: &str,
+) -> Result<(Vec<u8>, bool), RuntimeError> {
+    let options = nvrtc_options(arch);
+    let key = cache_key(source, arch, &options);
+    let path = cache_dir().map(|d| d.join(format!("{key:016x}.cubin")));
+    if let Some(p) = &path {
+        if let Ok(cubin) = std::fs::read(p) {
+            return Ok((cubin, true));
+        }
+    }
+    let cubin = compile_cubin_with(source, arch, name, &options)?;
     if let Some(p) = &path {
         // a cache that cannot be written is not an error: the next run compiles again
         let _ = std::fs::create_dir_all(p.parent().unwrap_or(p)).and_then(|_| {
             let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, &ptx)?;
+            std::fs::write(&tmp, &cubin)?;
             std::fs::rename(&tmp, p)
         });
     }
-    Ok((ptx, false))
+    Ok((cubin, false))
 }
 
 fn arch_name(major: i32, minor: i32) -> &'static str {
@@ -313,28 +340,27 @@ impl CudaDevice {
         }
     }
 
-    /// The loaded module of a program: from memory, else from the PTX cache, else compiled.
+    /// The loaded module of a program: from memory, else from the cubin cache, else compiled.
     /// Returns it and whether NVRTC had to run.
     pub fn module(&self, p: &CudaProgram) -> Result<(Arc<CudaModule>, bool), RuntimeError> {
         let src = full_source(p);
-        let key = cache_key(&src, self.arch, &option_strings(&nvrtc_options(self.arch)));
+        let key = cache_key(&src, self.arch, &nvrtc_options(self.arch));
         if let Ok(map) = self.modules.read() {
             if let Some(m) = map.get(&key) {
                 return Ok((m.clone(), false));
             }
         }
-        let (ptx, cached) = compile_ptx_cached(&src, self.arch, &p.ident)?;
-        let module = self
-            .ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| RuntimeError::Cuda(format!("loading PTX of `{}`: {e:?}", p.ident)))?;
+        let (cubin, cached) = compile_cubin_cached(&src, self.arch, &p.ident)?;
+        let module = self.ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| {
+            RuntimeError::Cuda(format!("loading the cubin of `{}`: {e:?}", p.ident))
+        })?;
         if let Ok(mut map) = self.modules.write() {
             map.insert(key, module.clone());
         }
         Ok((module, !cached))
     }
 
-    /// Drops the in-memory modules (the next [`CudaDevice::module`] reads the PTX cache).
+    /// Drops the in-memory modules (the next [`CudaDevice::module`] reads the cubin cache).
     pub fn clear_modules(&self) {
         if let Ok(mut map) = self.modules.write() {
             map.clear();

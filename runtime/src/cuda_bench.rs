@@ -1,7 +1,7 @@
 //! `rlo-bench-cuda`: times rlo's CUDA forward+backward of stdlib objectives on padded `[B, T]`
 //! batches (f32 or bf16 token inputs + an f32 mask, groups of 8, random lengths), the
 //! device-to-device copy bandwidth, the roofline (every input read once + every gradient written
-//! once, at copy bandwidth), cold compile (parse → PTX → loaded) and cached load times.
+//! once, at copy bandwidth), cold compile (parse → cubin → loaded) and cached load times.
 //! Prints one JSON object per line (`bench/gpu.sh` joins them with the PyTorch baselines).
 //!
 //! `rlo-bench-cuda [--stdlib DIR] [--objectives grpo,dapo,gspo] [--shapes 1024x4096,4096x8192]
@@ -121,7 +121,7 @@ fn run() -> Result<(), RuntimeError> {
     let args = parse_args().map_err(RuntimeError::Unsupported)?;
     let dev = CudaDevice::global()?;
     let stream = dev.stream.clone();
-    // a fresh PTX cache so the first load is a cold compile
+    // a fresh cubin cache so the first load is a cold compile
     let cache = std::env::temp_dir().join(format!("rlo-bench-ptx-{}", std::process::id()));
     std::env::set_var("RLO_CACHE_DIR", &cache);
     let bw = copy_bandwidth(&stream)?;
@@ -167,7 +167,7 @@ fn run() -> Result<(), RuntimeError> {
             let obj2 = CudaObjective::load(dev, program)?;
             let cached_ms = t1.elapsed().as_secs_f64() * 1e3;
             if obj2.compiled_now {
-                return Err(RuntimeError::Cuda("the PTX cache was not used".into()));
+                return Err(RuntimeError::Cuda("the cubin cache was not used".into()));
             }
             let module = &c.module;
             let params: Vec<f64> = module.params.iter().map(|p| p.default).collect();
