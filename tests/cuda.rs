@@ -298,6 +298,18 @@ fn hostile_input_names_stay_inside_comments() {
 }
 
 #[test]
+fn the_runtime_mask_kernel_compiles_on_its_own() {
+    if !nvrtc_or_skip("mask_kernel") {
+        return;
+    }
+    let cubin = compile_cubin(&rlo_runtime::cuda::mask_source(), ARCH, "mask_to_len");
+    assert!(cubin.is_ok_and(|c| c.starts_with(b"\x7fELF")));
+    // and the objectives' helpers hold no kernel of their own (each would be compiled into
+    // every objective's module)
+    assert!(!rlo_runtime::cuda::COMMON_CUH.contains("__global__"));
+}
+
+#[test]
 fn nvrtc_errors_carry_the_log_and_the_source_file() {
     if !nvrtc_or_skip("nvrtc_errors") {
         return;

@@ -143,8 +143,8 @@ fn emulator_catches_planted_bugs() {
         (
             "missing barrier",
             mutate(
-                "        ctx.v24[g] = e24;\n    }\n    __syncthreads();",
-                "        ctx.v24[g] = e24;\n    }\n",
+                "        ctx.v30[g] = e30;\n    }\n    __syncthreads();",
+                "        ctx.v30[g] = e30;\n    }\n",
             ),
             "",
         ),

@@ -27,7 +27,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use cudarc::driver::{CudaContext, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 use rlo_compiler::back::cuda::CudaProgram;
 
@@ -39,6 +39,15 @@ pub use exec::{evaluate, upload_as, CudaObjective, DeviceLayout, HostLayout, Wor
 
 /// The hand-written device helpers, prepended to every generated program.
 pub const COMMON_CUH: &str = include_str!("../kernels/rlo_common.cuh");
+
+/// The runtime's own kernel, `rlo_mask_to_len`, compiled apart from the objectives (a kernel in
+/// the helpers was compiled into every objective's module).
+pub const MASK_CU: &str = include_str!("../kernels/rlo_mask.cu");
+
+/// What NVRTC compiles for [`CudaDevice::mask_to_len`].
+pub fn mask_source() -> String {
+    format!("{COMMON_CUH}\n#line 1 \"rlo_mask.cu\"\n{MASK_CU}")
+}
 
 /// What NVRTC compiles for a program: the helpers, then the generated source (a `#line` directive
 /// makes NVRTC's log lines point into the generated file).
@@ -343,17 +352,31 @@ impl CudaDevice {
     /// The loaded module of a program: from memory, else from the cubin cache, else compiled.
     /// Returns it and whether NVRTC had to run.
     pub fn module(&self, p: &CudaProgram) -> Result<(Arc<CudaModule>, bool), RuntimeError> {
-        let src = full_source(p);
-        let key = cache_key(&src, self.arch, &nvrtc_options(self.arch));
+        self.load_source(&full_source(p), &p.ident)
+    }
+
+    /// `rlo_mask_to_len(mask, n_seqs, T, len, err)` (`kernels/rlo_mask.cu`, a module of its
+    /// own): lengths of a right-padded `[B, T]` f32 mask, `err[0] = 1` if a mask is not a
+    /// prefix.
+    pub fn mask_to_len(&self) -> Result<CudaFunction, RuntimeError> {
+        let (module, _) = self.load_source(&mask_source(), "mask_to_len")?;
+        module
+            .load_function("rlo_mask_to_len")
+            .map_err(|e| RuntimeError::Cuda(format!("load function rlo_mask_to_len: {e:?}")))
+    }
+
+    fn load_source(&self, src: &str, name: &str) -> Result<(Arc<CudaModule>, bool), RuntimeError> {
+        let key = cache_key(src, self.arch, &nvrtc_options(self.arch));
         if let Ok(map) = self.modules.read() {
             if let Some(m) = map.get(&key) {
                 return Ok((m.clone(), false));
             }
         }
-        let (cubin, cached) = compile_cubin_cached(&src, self.arch, &p.ident)?;
-        let module = self.ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| {
-            RuntimeError::Cuda(format!("loading the cubin of `{}`: {e:?}", p.ident))
-        })?;
+        let (cubin, cached) = compile_cubin_cached(src, self.arch, name)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(|e| RuntimeError::Cuda(format!("loading the cubin of `{name}`: {e:?}")))?;
         if let Ok(mut map) = self.modules.write() {
             map.insert(key, module.clone());
         }

@@ -220,7 +220,7 @@ fn run() -> Result<(), RuntimeError> {
                     .sum();
                 let mut ws = Workspace::new(&stream, &obj.program, &lay)?;
                 let ptrs: Vec<u64> = inputs.iter().map(|x| x.device_ptr(&stream).0).collect();
-                let mask_fn = obj.mask_to_len()?;
+                let mask_fn = dev.mask_to_len()?;
                 let mut step = || -> Result<(), RuntimeError> {
                     let cfg = LaunchConfig {
                         grid_dim: (b.min(1 << 20) as u32, 1, 1),

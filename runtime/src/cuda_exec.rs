@@ -355,7 +355,6 @@ fn pass_threads(grid: Grid, threads: u32) -> u32 {
 /// A program loaded on a device, ready to launch.
 pub struct CudaObjective {
     pub program: CudaProgram,
-    module: Arc<cudarc::driver::CudaModule>,
     /// Each launch's function, grid, threads per block and second argument (a radix pass's digit).
     functions: Vec<(CudaFunction, Grid, u32, Option<u32>)>,
     /// NVRTC ran when loading (false: memory or disk cache).
@@ -374,18 +373,9 @@ impl CudaObjective {
         }
         Ok(CudaObjective {
             program,
-            module,
             functions,
             compiled_now,
         })
-    }
-
-    /// `rlo_mask_to_len(mask, n_seqs, T, len, err)` from `rlo_common.cuh` (same module): lengths
-    /// of a right-padded `[B, T]` f32 mask, `err[0] = 1` if a mask is not a prefix.
-    pub fn mask_to_len(&self) -> Result<CudaFunction, RuntimeError> {
-        self.module
-            .load_function("rlo_mask_to_len")
-            .map_err(drv("load function"))
     }
 
     /// Emits and loads the CUDA program of a compiled objective.

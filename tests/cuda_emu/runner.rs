@@ -19,7 +19,7 @@ use rlo_compiler::back::cuda::{
     SORT_TILE,
 };
 use rlo_compiler::{Batch, DType, Evaluation, Level, Module};
-use rlo_runtime::cuda::{HostLayout, COMMON_CUH};
+use rlo_runtime::cuda::{HostLayout, COMMON_CUH, MASK_CU};
 
 const EMU_H: &str = include_str!("emu.h");
 
@@ -78,7 +78,9 @@ pub fn translation_unit(programs: &[&CudaProgram]) -> String {
         "rlo_common.cuh changed its f16 load: update the emulator"
     );
     let common = COMMON_CUH.replace(f16_asm, "f = rlo_emu_h2f(p[i].x);");
-    let mut out = format!("{EMU_H}\n#line 1 \"rlo_common.cuh\"\n{common}\n");
+    let mut out = format!(
+        "{EMU_H}\n#line 1 \"rlo_common.cuh\"\n{common}\n#line 1 \"rlo_mask.cu\"\n{MASK_CU}\n"
+    );
     // the helpers' own kernel: lengths of right-padded masks
     out.push_str(MASK_TO_LEN_WRAPPER);
     for (i, p) in programs.iter().enumerate() {
@@ -230,7 +232,7 @@ type MaskFn = unsafe extern "C" fn(
 ) -> i32;
 
 impl EmuLib {
-    /// Runs `rlo_mask_to_len` of `rlo_common.cuh` on a `[b, t]` mask with `grid` blocks of
+    /// Runs `rlo_mask_to_len` of `rlo_mask.cu` on a `[b, t]` mask with `grid` blocks of
     /// `block` threads: the lengths and the error flag (1: a mask is not a prefix).
     pub fn mask_to_len(
         &self,

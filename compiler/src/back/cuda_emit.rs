@@ -34,6 +34,8 @@ type R<T> = Result<T, BackendError>;
 struct W<'o> {
     out: &'o mut String,
     indent: usize,
+    /// `for` loops opened get `#pragma unroll 1` (one-block kernels).
+    rolled: bool,
 }
 
 impl W<'_> {
@@ -45,6 +47,9 @@ impl W<'_> {
         self.out.push('\n');
     }
     fn open(&mut self, s: &str) {
+        if self.rolled && s.starts_with("for (") {
+            self.line("#pragma unroll 1");
+        }
         self.line(s);
         self.indent += 1;
     }
@@ -62,7 +67,11 @@ pub(super) fn write_program(
     out: &mut String,
 ) -> R<()> {
     let m = p.m;
-    let mut w = W { out, indent: 0 };
+    let mut w = W {
+        out,
+        indent: 0,
+        rolled: false,
+    };
     w.line("/*");
     w.line(&format!("rlo objective: {}", comment_text(&m.name)));
     w.line(

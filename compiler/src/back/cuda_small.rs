@@ -2,6 +2,8 @@
 //! loop over its level or a fixed-order reduction / quantile / scan, separated by
 //! `__syncthreads()`. Split from `cuda_emit.rs` to keep files small.
 
+use std::collections::{HashMap, HashSet};
+
 use super::*;
 
 /// Elementwise statements, fusable into one loop with their neighbours of the same level.
@@ -14,30 +16,69 @@ fn fusable(p: &Plan, h: Handle<Expr>) -> bool {
 
 pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
     open_single(p, w, &k.name);
-    let nodes = &k.nodes;
-    let mut i = 0;
-    while let Some(&h) = nodes.get(i) {
-        if fusable(p, h) {
+    // one block over seqs/groups: a few iterations per thread, where unrolling buys nothing and
+    // costs ptxas time (grpo's first small kernel: 192 -> 160 ms)
+    w.rolled = true;
+    for seg in segments(p, &k.nodes) {
+        match seg.as_slice() {
+            [h] if !fusable(p, *h) => write_stmt(p, w, *h)?,
             // a run of elementwise nodes at one level: one loop, values kept in registers (an
             // element's operands at this level are computed by the same thread)
-            let level = p.m.level(h);
-            let mut run = Vec::new();
-            while let Some(&x) = nodes.get(i) {
-                if !fusable(p, x) || p.m.level(x) != level {
-                    break;
-                }
-                run.push(x);
-                i += 1;
-            }
-            write_run(p, w, &run, level)?;
-        } else {
-            write_stmt(p, w, h)?;
-            i += 1;
+            run => write_run(p, w, run, p.m.level(run[0]))?,
         }
         w.line("__syncthreads();");
     }
+    w.rolled = false;
     w.close("}");
     Ok(())
+}
+
+/// The statements of a one-block kernel in barrier-separated segments: a non-elementwise node
+/// alone, or a run of elementwise nodes of one level. A greedy topological order: the open run
+/// takes every node of its level whose operands in this kernel are done (earlier segments or
+/// the run itself) before a new segment starts with the first ready node in arena order. Arena
+/// order alone interleaves levels (grpo's first small kernel: 24 segments, 15 after), and every
+/// loop and barrier costs ptxas time (≈ 6 ms per segment, the most of a cold compile).
+fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
+    let here: HashSet<Handle<Expr>> = nodes.iter().copied().collect();
+    // per node, its operands that are statements of this kernel
+    let deps: HashMap<Handle<Expr>, Vec<Handle<Expr>>> = nodes
+        .iter()
+        .map(|&h| {
+            let ops = p.m.exprs[h].operands().into_iter().map(|o| p.canon[o]);
+            (h, ops.filter(|c| here.contains(c)).collect())
+        })
+        .collect();
+    let mut pending: Vec<Handle<Expr>> = nodes.to_vec();
+    let mut done: HashSet<Handle<Expr>> = HashSet::new();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        // `done` holds earlier segments and the open run (same level, same thread per element)
+        let ready = |h: Handle<Expr>, done: &HashSet<Handle<Expr>>| {
+            deps[&h].iter().all(|d| done.contains(d))
+        };
+        let Some(first) = pending.iter().position(|&h| ready(h, &done)) else {
+            // cannot happen for an acyclic kernel; keep arena order rather than loop forever
+            out.extend(pending.drain(..).map(|h| vec![h]));
+            break;
+        };
+        let head = pending.remove(first);
+        done.insert(head);
+        let mut seg = vec![head];
+        if fusable(p, head) {
+            let level = p.m.level(head);
+            while let Some(i) = pending
+                .iter()
+                .position(|&x| fusable(p, x) && p.m.level(x) == level && ready(x, &done))
+            {
+                let x = pending.remove(i);
+                done.insert(x);
+                seg.push(x);
+            }
+        }
+        out.push(seg);
+    }
+    out
 }
 
 fn write_run(p: &Plan, w: &mut W, run: &[Handle<Expr>], level: Level) -> R<()> {
@@ -171,15 +212,22 @@ fn write_seq_reduce(
     if serial {
         w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
     } else {
-        w.line(&format!("acc = {}(acc);", block_fn(op)));
-        w.line("n = rlo_block_sum(n);");
-        w.line(&format!(
-            "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = {}; }}",
-            idx(to),
-            fin_value(op)
-        ));
+        block_finish(w, op, &format!("ctx.v{n}[{}]", idx(to)));
     }
     w.close("}");
+}
+
+/// The end of a block-cooperative reduction: combine every thread's `acc` (and `n`, the count
+/// a max or min needs for its empty case) and let thread 0 store the result to `target`.
+fn block_finish(w: &mut W, op: ReduceOp, target: &str) {
+    w.line(&format!("acc = {}(acc);", block_fn(op)));
+    if op != ReduceOp::Sum {
+        w.line("n = rlo_block_sum(n);");
+    }
+    w.line(&format!(
+        "if (threadIdx.x == 0) {{ {target} = {}; }}",
+        fin_value(op)
+    ));
 }
 
 fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
@@ -214,12 +262,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
                 w.line(&fold);
                 w.close("}");
-                w.line(&format!("acc = {}(acc);", block_fn(op)));
-                w.line("n = rlo_block_sum(n);");
-                w.line(&format!(
-                    "if (threadIdx.x == 0) {{ ctx.v{n}[0] = {}; }}",
-                    fin_value(op)
-                ));
+                block_finish(w, op, &format!("ctx.v{n}[0]"));
                 w.close("}");
             }
         }
@@ -312,13 +355,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             if serial {
                 w.line(&format!("ctx.v{n}[{}] = {};", idx(to), fin_value(op)));
             } else {
-                w.line(&format!("acc = {}(acc);", block_fn(op)));
-                w.line("n = rlo_block_sum(n);");
-                w.line(&format!(
-                    "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = {}; }}",
-                    idx(to),
-                    fin_value(op)
-                ));
+                block_finish(w, op, &format!("ctx.v{n}[{}]", idx(to)));
             }
             w.close("}");
             for _ in 0..extra {
