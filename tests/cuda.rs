@@ -297,6 +297,56 @@ fn hostile_input_names_stay_inside_comments() {
     }
 }
 
+/// The runtime compiles an objective's kernels as several NVRTC programs at once: every split
+/// compiles, holds each kernel once, and covers every launch.
+#[test]
+fn kernels_split_into_compile_units() {
+    let have_nvrtc = nvrtc_or_skip("compile units");
+    for name in ["grpo", "gspo", "clip_cov", "ppo", "dpo"] {
+        let c = compile_stdlib(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let p = emit(&c.module, &c.schedule, &CudaOptions::default()).expect("emit");
+        let all: Vec<&str> = p.kernel_text.iter().map(|k| k.name.as_str()).collect();
+        for l in &p.launches {
+            assert!(
+                all.contains(&l.kernel.as_str()),
+                "{name}: {} has no text",
+                l.kernel
+            );
+        }
+        // the kernels' texts follow each other, after the preamble
+        for w in p.kernel_text.windows(2) {
+            assert!(
+                w[0].range.end <= w[1].range.start,
+                "{name}: overlapping kernels"
+            );
+        }
+        for parts in [1, 2, 3, 64] {
+            let units = rlo_runtime::cuda::compile_units(&p, parts);
+            assert_eq!(units.len(), parts.min(all.len()), "{name}: {parts} parts");
+            let mut names: Vec<&str> = units
+                .iter()
+                .flat_map(|u| u.0.iter().map(String::as_str))
+                .collect();
+            names.sort_unstable();
+            let mut want = all.clone();
+            want.sort_unstable();
+            assert_eq!(names, want, "{name}: {parts} parts");
+            for (kernels, src) in &units {
+                for k in &all {
+                    let here = src.contains(&format!(" {k}(const RloCtx"));
+                    assert_eq!(here, kernels.iter().any(|x| x == k), "{name}: {k}");
+                }
+            }
+            if have_nvrtc && parts <= 3 {
+                let srcs: Vec<&str> = units.iter().map(|u| u.1.as_str()).collect();
+                let cubins = rlo_runtime::cuda::compile_cubins(&srcs, ARCH, &p.ident, false)
+                    .unwrap_or_else(|e| panic!("{name}: {parts} parts: {e}"));
+                assert!(cubins.iter().all(|(c, _)| c.starts_with(b"\x7fELF")));
+            }
+        }
+    }
+}
+
 #[test]
 fn the_runtime_mask_kernel_compiles_on_its_own() {
     if !nvrtc_or_skip("mask_kernel") {
@@ -450,6 +500,16 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
                         assert!(fast.is_ok(), "{name}: --Ofast-compile=max: {fast:?}");
                         let ms = t3.elapsed().as_secs_f64() * 1e3;
                         times.push((format!("{name} (fast)"), front_ms, emit_ms, ms));
+                        // what the runtime does: the kernels split into units compiled at once
+                        let n = rlo_runtime::cuda::compile_threads();
+                        let units = rlo_runtime::cuda::compile_units(&p, n);
+                        let srcs: Vec<&str> = units.iter().map(|u| u.1.as_str()).collect();
+                        let t4 = std::time::Instant::now();
+                        let r = rlo_runtime::cuda::compile_cubins(&srcs, ARCH, &p.ident, false);
+                        assert!(r.is_ok(), "{name}: units: {r:?}");
+                        let ms = t4.elapsed().as_secs_f64() * 1e3;
+                        let label = format!("{name} ({}‖)", units.len());
+                        times.push((label, front_ms, emit_ms, ms));
                     }
                 }
                 compiled.push(name.clone());

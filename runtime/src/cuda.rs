@@ -49,6 +49,74 @@ pub fn mask_source() -> String {
     format!("{COMMON_CUH}\n#line 1 \"rlo_mask.cu\"\n{MASK_CU}")
 }
 
+/// How many NVRTC programs a cold compile splits an objective into, compiled at once on as many
+/// threads: one per core, at most 8, never more than the kernels (each program pays NVRTC's
+/// fixed cost, ≈ 25 ms). `RLO_NVRTC_THREADS=n` overrides it (1: one program).
+pub fn compile_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::env::var("RLO_NVRTC_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(cores.min(8))
+        .clamp(1, 64)
+}
+
+/// The compile units of a program split `parts` ways: each unit's kernel names and its whole
+/// source (helpers, preamble, its kernels).
+pub fn compile_units(p: &CudaProgram, parts: usize) -> Vec<(Vec<String>, String)> {
+    p.partition_kernels(parts)
+        .into_iter()
+        .map(|which| {
+            let names = which
+                .iter()
+                .filter_map(|&i| p.kernel_text.get(i).map(|k| k.name.clone()))
+                .collect();
+            let src = format!(
+                "{COMMON_CUH}\n#line 1 \"rlo_{}.cu\"\n{}",
+                p.ident,
+                p.unit_source(&which)
+            );
+            (names, src)
+        })
+        .collect()
+}
+
+/// Compiles sources at once, one thread each (through the cubin cache with `cached`): each
+/// one's cubin and whether it came from the cache, or the first error.
+pub fn compile_cubins(
+    sources: &[&str],
+    arch: &str,
+    name: &str,
+    cached: bool,
+) -> Result<Vec<(Vec<u8>, bool)>, RuntimeError> {
+    let one = |src: &str, unit: &str| {
+        if cached {
+            compile_cubin_cached(src, arch, unit)
+        } else {
+            compile_cubin(src, arch, unit).map(|c| (c, false))
+        }
+    };
+    if let [src] = sources {
+        return Ok(vec![one(src, name)?]);
+    }
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, src)| {
+                let unit = format!("{name}_{i}");
+                scope.spawn(move || one(src, &unit))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|e| Err(RuntimeError::CudaUnavailable(panic_text(e.as_ref()))))
+            })
+            .collect()
+    })
+}
+
 /// What NVRTC compiles for a program: the helpers, then the generated source (a `#line` directive
 /// makes NVRTC's log lines point into the generated file).
 pub fn full_source(p: &CudaProgram) -> String {
@@ -349,10 +417,48 @@ impl CudaDevice {
         }
     }
 
-    /// The loaded module of a program: from memory, else from the cubin cache, else compiled.
-    /// Returns it and whether NVRTC had to run.
-    pub fn module(&self, p: &CudaProgram) -> Result<(Arc<CudaModule>, bool), RuntimeError> {
-        self.load_source(&full_source(p), &p.ident)
+    /// The functions of a program's kernels, by name, from modules in memory, else the cubin
+    /// cache, else compiled: the kernels in [`compile_threads`] units compiled at once. Returns
+    /// them and whether NVRTC had to run.
+    pub fn kernels(
+        &self,
+        p: &CudaProgram,
+    ) -> Result<(HashMap<String, CudaFunction>, bool), RuntimeError> {
+        let units = compile_units(p, compile_threads());
+        let options = nvrtc_options(self.arch);
+        let keys: Vec<u64> = units
+            .iter()
+            .map(|(_, src)| cache_key(src, self.arch, &options))
+            .collect();
+        let mut modules: Vec<Option<Arc<CudaModule>>> = match self.modules.read() {
+            Ok(map) => keys.iter().map(|k| map.get(k).cloned()).collect(),
+            Err(_) => vec![None; keys.len()],
+        };
+        let missing: Vec<usize> = (0..units.len()).filter(|&i| modules[i].is_none()).collect();
+        let sources: Vec<&str> = missing.iter().map(|&i| units[i].1.as_str()).collect();
+        let cubins = compile_cubins(&sources, self.arch, &p.ident, true)?;
+        let mut compiled_now = false;
+        for (&i, (cubin, cached)) in missing.iter().zip(cubins) {
+            compiled_now |= !cached;
+            let module = self.ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| {
+                RuntimeError::Cuda(format!("loading the cubin of `{}`: {e:?}", p.ident))
+            })?;
+            if let Ok(mut map) = self.modules.write() {
+                map.insert(keys[i], module.clone());
+            }
+            modules[i] = Some(module);
+        }
+        let mut functions = HashMap::new();
+        for ((names, _), module) in units.iter().zip(&modules) {
+            let Some(module) = module else { continue };
+            for name in names {
+                let f = module
+                    .load_function(name)
+                    .map_err(|e| RuntimeError::Cuda(format!("load function {name}: {e:?}")))?;
+                functions.insert(name.clone(), f);
+            }
+        }
+        Ok((functions, compiled_now))
     }
 
     /// `rlo_mask_to_len(mask, n_seqs, T, len, err)` (`kernels/rlo_mask.cu`, a module of its

@@ -363,12 +363,12 @@ pub struct CudaObjective {
 
 impl CudaObjective {
     pub fn load(dev: &CudaDevice, program: CudaProgram) -> Result<CudaObjective, RuntimeError> {
-        let (module, compiled_now) = dev.module(&program)?;
+        let (kernels, compiled_now) = dev.kernels(&program)?;
         let mut functions = Vec::new();
         for l in &program.launches {
-            let f = module
-                .load_function(&l.kernel)
-                .map_err(drv("load function"))?;
+            let f = kernels.get(&l.kernel).cloned().ok_or_else(|| {
+                RuntimeError::Cuda(format!("kernel {} not in the compiled program", l.kernel))
+            })?;
             functions.push((f, l.grid, pass_threads(l.grid, l.threads), l.arg));
         }
         Ok(CudaObjective {

@@ -175,6 +175,11 @@ pub struct CudaProgram {
     pub ident: String,
     /// CUDA C source; needs `rlo_common.cuh` prepended (the runtime does it).
     pub source: String,
+    /// Where each kernel's text is in `source`, in source order. The text before the first is
+    /// the preamble every kernel needs (macros, `RloCtx`); kernels need nothing of each other,
+    /// so the runtime can compile them in separate NVRTC programs at once
+    /// ([`CudaProgram::unit_source`]).
+    pub kernel_text: Vec<KernelText>,
     pub layout: TokLayout,
     pub tok_dtype: StorageType,
     pub launches: Vec<Launch>,
@@ -188,7 +193,58 @@ pub struct CudaProgram {
     pub traffic: Traffic,
 }
 
+/// One kernel's text in [`CudaProgram::source`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelText {
+    pub name: String,
+    pub range: std::ops::Range<usize>,
+}
+
 impl CudaProgram {
+    /// The source of a compile unit holding the kernels `which` (indices into `kernel_text`):
+    /// the preamble, then each kernel after a `#line` directive naming its line in `source`,
+    /// so NVRTC's log points into the whole generated file (`rlo_<ident>.cu`).
+    pub fn unit_source(&self, which: &[usize]) -> String {
+        let pre_end = self
+            .kernel_text
+            .first()
+            .map_or(self.source.len(), |k| k.range.start);
+        let mut out = self.source[..pre_end].to_string();
+        for &i in which {
+            let Some(k) = self.kernel_text.get(i) else {
+                continue;
+            };
+            let line = 1 + self.source[..k.range.start].matches('\n').count();
+            out.push_str(&format!("#line {line} \"rlo_{}.cu\"\n", self.ident));
+            out.push_str(&self.source[k.range.clone()]);
+        }
+        out
+    }
+
+    /// Kernels in `parts` groups of about equal text (largest first onto the lightest group),
+    /// each group in source order; fewer groups when there are fewer kernels.
+    pub fn partition_kernels(&self, parts: usize) -> Vec<Vec<usize>> {
+        let parts = parts.clamp(1, self.kernel_text.len().max(1));
+        let mut order: Vec<usize> = (0..self.kernel_text.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.kernel_text[i].range.len()));
+        let mut groups: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); parts];
+        for i in order {
+            if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+                g.0 += self.kernel_text[i].range.len();
+                g.1.push(i);
+            }
+        }
+        let mut out: Vec<Vec<usize>> = groups
+            .into_iter()
+            .map(|(_, mut v)| {
+                v.sort_unstable();
+                v
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        out.sort();
+        out
+    }
     /// Number of `u64` words of the kernel argument.
     pub fn ctx_words(&self) -> usize {
         CTX_HEADER_WORDS + self.slots.len() + self.n_params.max(1)
@@ -394,7 +450,7 @@ fn emit_schedule(
     }
     let ident = ident_of(&m.name);
     let mut out = String::new();
-    emit_kernels::write_program(&plan, &slots, &roots, &ident, &mut out)?;
+    let kernel_text = emit_kernels::write_program(&plan, &slots, &roots, &ident, &mut out)?;
     let launches = plan
         .kernels
         .iter()
@@ -446,6 +502,7 @@ fn emit_schedule(
     Ok(CudaProgram {
         ident,
         source: out,
+        kernel_text,
         layout: opts.layout,
         tok_dtype: opts.tok_dtype,
         launches,

@@ -6,8 +6,8 @@
 
 use super::BackendError;
 use super::{
-    comment_text, err, is_inline, root_handles, KernelKind, KernelPlan, Plan, Role, RootLoc,
-    SelectStep, Slot, SortStep, StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
+    comment_text, err, is_inline, root_handles, KernelKind, KernelPlan, KernelText, Plan, Role,
+    RootLoc, SelectStep, Slot, SortStep, StorageType, TokLayout, PASS_THREADS, SMALL_THREADS,
 };
 use crate::arena::Handle;
 use crate::ir::{BinaryOp, Expr, IndexKind, ReduceOp, ScanOp, UnaryOp};
@@ -65,8 +65,9 @@ pub(super) fn write_program(
     roots: &[RootLoc],
     ident: &str,
     out: &mut String,
-) -> R<()> {
+) -> R<Vec<KernelText>> {
     let m = p.m;
+    let mut sections = Vec::new();
     let mut w = W {
         out,
         indent: 0,
@@ -161,6 +162,7 @@ pub(super) fn write_program(
             continue;
         }
         written.push(&k.name);
+        let start = w.out.len();
         w.line("");
         kernel_header(p, &mut w, k);
         match k.kind {
@@ -169,6 +171,10 @@ pub(super) fn write_program(
             KernelKind::Sort(step) => write_sort(p, &mut w, k, step)?,
             KernelKind::Select(step) => write_select(p, &mut w, k, step)?,
         }
+        sections.push(KernelText {
+            name: k.name.clone(),
+            range: start..w.out.len(),
+        });
     }
     // roots that are not a stored node at their own level
     let rh = root_handles(m);
@@ -194,6 +200,7 @@ pub(super) fn write_program(
     if !tok.is_empty() {
         // token roots (a per-sequence value broadcast to the tokens, an input): one block per
         // sequence, like a pass, not one block for the whole batch
+        let start = w.out.len();
         w.line("");
         w.line("/*");
         w.line(&format!(
@@ -212,8 +219,13 @@ pub(super) fn write_program(
         }
         token_slots(p, &mut w, &valid, &padding);
         w.close("}");
+        sections.push(KernelText {
+            name: format!("rlo_{ident}_out_tok"),
+            range: start..w.out.len(),
+        });
     }
     if !coarse.is_empty() {
+        let start = w.out.len();
         w.line("");
         w.line("/*");
         w.line(&format!(
@@ -237,13 +249,17 @@ pub(super) fn write_program(
             w.line("__syncthreads();");
         }
         w.close("}");
+        sections.push(KernelText {
+            name: format!("rlo_{ident}_out"),
+            range: start..w.out.len(),
+        });
     }
     w.line("");
     w.line("// -----------------------------------------------------------------------------");
     w.line("// launch: the runtime launches the kernels above in order on one stream, passing the");
     w.line("// same RloCtx to each (pass kernels: one block per sequence, grid-stride; other");
     w.line("// kernels: one block). Threads per block: each kernel's __launch_bounds__.");
-    Ok(())
+    Ok(sections)
 }
 
 fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
