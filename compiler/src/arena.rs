@@ -163,6 +163,9 @@ impl<T, V> HandleVec<T, V> {
     pub fn push(&mut self, v: V) {
         self.data.push(v)
     }
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.data.iter_mut()
+    }
 }
 
 impl<T, V> std::ops::Index<Handle<T>> for HandleVec<T, V> {

@@ -380,6 +380,9 @@ pub(crate) struct KernelPlan {
     pub fused: Vec<usize>,
     /// Threads per block.
     pub threads: u32,
+    /// Small stages whose statements this one-block kernel runs after its own
+    /// ([`fuse::merge_one_block`]).
+    pub merged: Vec<usize>,
 }
 
 /// The analysis every emitter function reads.
@@ -608,6 +611,7 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         }
         k += 1;
     }
+    fuse::merge_one_block(&mut kernels, &mut role);
     let mut p = Plan {
         m,
         opts,

@@ -272,6 +272,18 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
             k.stage
         ),
         KernelKind::Small => format!("small stage {}: seq/group/batch values", k.stage),
+        KernelKind::Sort(_) | KernelKind::Select(_) => String::new(),
+    };
+    let what = match k.kind {
+        KernelKind::Fin | KernelKind::Small if !k.merged.is_empty() => {
+            let stages: Vec<String> = k.merged.iter().map(usize::to_string).collect();
+            let s = if stages.len() > 1 { "s" } else { "" };
+            format!(
+                "{what}; then small stage{s} {} (one launch)",
+                stages.join(", ")
+            )
+        }
+        KernelKind::Pass | KernelKind::Fin | KernelKind::Small => what,
         KernelKind::Sort(step) => {
             let r = k.nodes.first().map_or(0, |h| h.index());
             match step {
