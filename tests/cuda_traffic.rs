@@ -10,7 +10,9 @@
 //! values (GSPO, GMPO, …) run as one token kernel. `cargo test -p rlo-tests --test cuda_traffic
 //! -- --nocapture` prints the table (BENCHMARKS.md).
 
-use rlo_compiler::back::cuda::{emit, CudaOptions, CudaProgram, StorageType, TokLayout, Traffic};
+use rlo_compiler::back::cuda::{
+    emit, CudaOptions, CudaProgram, Grid, StorageType, TokLayout, Traffic,
+};
 use rlo_compiler::Compiled;
 
 /// Objectives whose schedule needs a batch- or group-level value of token results between
@@ -195,4 +197,67 @@ objective pd() {
             t.summary()
         );
     }
+}
+
+/// One-block kernels are latency, not bandwidth: every launch and every barrier between
+/// dependent loops costs a global-memory round trip while the GPU idles. Adjacent one-block
+/// kernels run as one launch; inside, batch values live in registers and loops of one level
+/// run together, so barriers are left only where a loop reads what another thread stored.
+#[test]
+fn one_block_kernels_are_few_and_short() {
+    let (mut launches, mut barriers) = (0, 0);
+    for name in &rlo_tests::stdlib_objective_names() {
+        let c = compile(name);
+        let p = program(&c, TokLayout::Packed, StorageType::F32, false);
+        let single = |k: &str| {
+            p.launches
+                .iter()
+                .any(|l| l.kernel == k && l.grid == Grid::Single)
+        };
+        for w in p.launches.windows(2) {
+            let small = |k: &str| {
+                k.ends_with("_fin") || k.rsplit('_').next().is_some_and(|s| s.starts_with('s'))
+            };
+            assert!(
+                !(single(&w[0].kernel)
+                    && single(&w[1].kernel)
+                    && small(&w[0].kernel)
+                    && small(&w[1].kernel)),
+                "{name}: {} and {} are adjacent one-block launches",
+                w[0].kernel,
+                w[1].kernel
+            );
+        }
+        let mut per_kernel = Vec::new();
+        for k in p.kernel_text.iter().filter(|k| single(&k.name)) {
+            let n = p.source[k.range.clone()]
+                .matches("\n    __syncthreads();")
+                .count();
+            per_kernel.push(format!("{} {n}", k.name));
+            barriers += n;
+        }
+        launches += p.launches.len();
+        eprintln!(
+            "{name:<14} {:2} launches; barriers: {}",
+            p.launches.len(),
+            per_kernel.join(", ")
+        );
+    }
+    eprintln!("stdlib: {launches} launches, {barriers} barriers in one-block kernels");
+    // before one-launch merging and register batch values (aa6c2b7): 213 launches, 695
+    assert!(
+        launches <= 172 && barriers <= 130,
+        "{launches} launches, {barriers} barriers"
+    );
+    // grpo's first kernel: group mean → centred reward → group std → normalized advantage
+    let p = program(&compile("grpo"), TokLayout::Packed, StorageType::F32, false);
+    let s0 = p
+        .kernel_text
+        .iter()
+        .find(|k| k.name == "rlo_grpo_s0")
+        .expect("s0");
+    let n = p.source[s0.range.clone()]
+        .matches("\n    __syncthreads();")
+        .count();
+    assert!(n <= 3, "grpo's first small kernel has {n} barriers");
 }

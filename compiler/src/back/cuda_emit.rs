@@ -593,7 +593,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 h.index(),
                 span_comment(p, h)
             ));
-            turn_reduce(p, w, h)?;
+            turn_reduce(p, w, h, &[])?;
         }
     }
     for &h in &accs {

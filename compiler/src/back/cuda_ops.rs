@@ -269,6 +269,13 @@ pub(super) fn level_loop_lines(
 pub(super) fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Level) -> R<String> {
     let m = p.m;
     let v = |x: Handle<Expr>| val(p, locals, x, frame);
+    // other elements' values (ranks, position reductions): the locals that are the same for
+    // every element (batch values), never the current element's own
+    let uniform: Vec<Handle<Expr>> = locals
+        .iter()
+        .copied()
+        .filter(|&x| m.level(x) == Level::Batch)
+        .collect();
     Ok(match m.exprs[h] {
         Expr::Unary { op, arg } => {
             let a = v(arg)?;
@@ -335,7 +342,7 @@ pub(super) fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Lev
             }
             s.push_str(&format!(
                 "const float y = {}; if (rlo_before(y, x0) || (rlo_same(y, x0) && {} < j0)) {{ r += 1.0f; }} ",
-                val(p, &[], arg, level)?,
+                val(p, &uniform, arg, level)?,
                 idx(level)
             ));
             for _ in 0..n {
@@ -345,7 +352,7 @@ pub(super) fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Lev
             s
         }
         Expr::PosReduce { op, arg } => {
-            let fold = reduce_fold(op, "acc", &val(p, &[], arg, Level::Tok)?);
+            let fold = reduce_fold(op, "acc", &val(p, &uniform, arg, Level::Tok)?);
             format!(
                 "([&]() -> float {{ float acc = {}; for (long long m = ctx.group_off[g]; m < ctx.group_off[g + 1]; ++m) {{ const long long s = ctx.group_seqs[m]; if (t < RLO_LEN(s)) {{ const long long i = RLO_TOK(s, t); {fold} }} }} return acc; }})()",
                 reduce_init(op)

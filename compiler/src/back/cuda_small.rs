@@ -1,6 +1,10 @@
-//! The one-block kernels (`_s<k>`, `_p<k>_fin`): one statement per node, each a block-strided
-//! loop over its level or a fixed-order reduction / quantile / scan, separated by
-//! `__syncthreads()`. Split from `cuda_emit.rs` to keep files small.
+//! The one-block kernels (`_s<k>`, `_p<k>_fin`): one block computes a stage's seq, group and
+//! batch values. Each node is placed (`place`): per element of its level by the thread that
+//! owns the element (elementwise nodes, and reductions that one thread folds for its unit) in
+//! block-strided loops over seqs or groups, one loop per run of such nodes with a barrier after;
+//! as a batch value every thread holds in a register (elementwise of such values, and
+//! block-cooperative reductions, whose result every thread gets), with no barrier; or as a
+//! statement of its own followed by a barrier. Split from `cuda_emit.rs` to keep files small.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,31 +18,105 @@ fn fusable(p: &Plan, h: Handle<Expr>) -> bool {
     ) && !matches!(p.role[h], Role::Acc { .. })
 }
 
+/// Where a statement of a one-block kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Per element of this level, by the thread that owns the element: in a run.
+    Elem(Level),
+    /// A batch value computed by every thread (kernel-scope `const`), no barrier.
+    Uniform,
+    /// A statement of its own, then a barrier.
+    Alone,
+}
+
+/// A token reduction that is a closed form per sequence (a per-sequence constant over the
+/// tokens: `seq_len`, `num_tokens`, filtered by a per-sequence condition).
+fn closed_form(p: &Plan, h: Handle<Expr>) -> bool {
+    let m = p.m;
+    matches!(m.exprs[h], Expr::Reduce { arg, to, filter, .. }
+        if m.level(arg) == Level::Tok
+            && to != Level::Turn
+            && m.level(p.canon[arg]) >= Level::Seq
+            && filter.is_none_or(|f| m.level(p.canon[f]) >= Level::Seq))
+}
+
+fn place(p: &Plan, h: Handle<Expr>) -> Place {
+    let m = p.m;
+    if fusable(p, h) {
+        return match m.level(h) {
+            Level::Batch => Place::Uniform,
+            l @ (Level::Tok | Level::Turn | Level::Seq | Level::Group) => Place::Elem(l),
+        };
+    }
+    let unit = |to: Level, serial: bool| {
+        if serial && matches!(to, Level::Seq | Level::Group) {
+            Place::Elem(to)
+        } else if !serial && to == Level::Batch {
+            Place::Uniform
+        } else {
+            Place::Alone
+        }
+    };
+    match m.exprs[h] {
+        Expr::Reduce { to, .. } if matches!(p.role[h], Role::Acc { .. }) => {
+            unit(to, to == Level::Group)
+        }
+        Expr::Reduce {
+            to: Level::Turn, ..
+        } => Place::Alone,
+        Expr::Reduce { to, .. } if closed_form(p, h) => unit(to, to != Level::Batch),
+        Expr::Reduce { arg, to, .. } => unit(to, serial_unit(m.level(arg), to)),
+        Expr::Quantile { arg, to, .. } if !serial_unit(m.level(arg), to) => unit(to, false),
+        Expr::Quantile { .. }
+        | Expr::Const(_)
+        | Expr::Bool(_)
+        | Expr::Param(_)
+        | Expr::Input(_)
+        | Expr::Index(_)
+        | Expr::Unary { .. }
+        | Expr::Binary { .. }
+        | Expr::Select { .. }
+        | Expr::Broadcast { .. }
+        | Expr::Scan { .. }
+        | Expr::Rank { .. }
+        | Expr::PosReduce { .. }
+        | Expr::Detach { .. } => Place::Alone,
+    }
+}
+
 pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
     open_single(p, w, &k.name);
     // one block over seqs/groups: a few iterations per thread, where unrolling buys nothing and
     // costs ptxas time (grpo's first small kernel: 192 -> 160 ms)
     w.rolled = true;
-    for seg in segments(p, &k.nodes) {
-        match seg.as_slice() {
-            [h] if !fusable(p, *h) => write_stmt(p, w, *h)?,
-            // a run of elementwise nodes at one level: one loop, values kept in registers (an
-            // element's operands at this level are computed by the same thread)
-            run => write_run(p, w, run, p.m.level(run[0]))?,
+    // batch values every thread holds (kernel-scope locals `e<n>`)
+    let mut known: Vec<Handle<Expr>> = Vec::new();
+    let segs = segments(p, &k.nodes);
+    for (i, seg) in segs.iter().enumerate() {
+        match place(p, seg[0]) {
+            Place::Uniform => write_uniform(p, w, seg, &mut known)?,
+            Place::Elem(level) => write_run(p, w, seg, level, &mut known)?,
+            Place::Alone => write_stmt(p, w, seg[0], &known)?,
         }
-        w.line("__syncthreads();");
+        // what a run or a statement stored, other threads read after the barrier (none is
+        // needed at the end: the next kernel starts after this one)
+        if place(p, seg[0]) != Place::Uniform && i + 1 < segs.len() {
+            w.line("__syncthreads();");
+        }
     }
     w.rolled = false;
     w.close("}");
     Ok(())
 }
 
-/// The statements of a one-block kernel in barrier-separated segments: a non-elementwise node
-/// alone, or a run of elementwise nodes of one level. A greedy topological order: the open run
-/// takes every node of its level whose operands in this kernel are done (earlier segments or
-/// the run itself) before a new segment starts with the first ready node in arena order. Arena
-/// order alone interleaves levels (grpo's first small kernel: 24 segments, 15 after), and every
-/// loop and barrier costs ptxas time (≈ 6 ms per segment, the most of a cold compile).
+/// The statements of a one-block kernel in segments: batch values every thread computes, a run
+/// of per-element nodes of one level, or a statement alone. A greedy topological order: ready
+/// batch values first (they cost no barrier), else a new segment starts with the first ready
+/// node in arena order and, if it is per-element, takes every node of its level whose operands
+/// in this kernel are done (earlier segments or the run itself) and the batch reductions of
+/// that level's values its loop can fold. Arena order alone interleaves
+/// levels, and every loop and barrier costs run time (a global round trip) and ptxas time
+/// (grpo's first small kernel: 24 barriers in arena order, 7 now).
 fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
     let here: HashSet<Handle<Expr>> = nodes.iter().copied().collect();
     // per node, its operands that are statements of this kernel
@@ -49,6 +127,7 @@ fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
             (h, ops.filter(|c| here.contains(c)).collect())
         })
         .collect();
+    let places: HashMap<Handle<Expr>, Place> = nodes.iter().map(|&h| (h, place(p, h))).collect();
     let mut pending: Vec<Handle<Expr>> = nodes.to_vec();
     let mut done: HashSet<Handle<Expr>> = HashSet::new();
     let mut out = Vec::new();
@@ -57,7 +136,14 @@ fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
         let ready = |h: Handle<Expr>, done: &HashSet<Handle<Expr>>| {
             deps[&h].iter().all(|d| done.contains(d))
         };
-        let Some(first) = pending.iter().position(|&h| ready(h, &done)) else {
+        // (batch reductions of seq or group values wait to be folded by a run's loop)
+        let uniform = pending.iter().position(|&h| {
+            places[&h] == Place::Uniform
+                && !carried_by(p, h, Level::Seq)
+                && !carried_by(p, h, Level::Group)
+                && ready(h, &done)
+        });
+        let Some(first) = uniform.or_else(|| pending.iter().position(|&h| ready(h, &done))) else {
             // cannot happen for an acyclic kernel; keep arena order rather than loop forever
             out.extend(pending.drain(..).map(|h| vec![h]));
             break;
@@ -65,34 +151,96 @@ fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
         let head = pending.remove(first);
         done.insert(head);
         let mut seg = vec![head];
-        if fusable(p, head) {
-            let level = p.m.level(head);
+        let place = places[&head];
+        if let Place::Elem(level) = place {
+            // batch reductions of this level's values fold in the run's loop; their values
+            // exist after it, so nothing in the run may read them
+            let mut carried = Vec::new();
             while let Some(i) = pending
                 .iter()
-                .position(|&x| fusable(p, x) && p.m.level(x) == level && ready(x, &done))
+                .position(|&x| (places[&x] == place || carried_by(p, x, level)) && ready(x, &done))
             {
                 let x = pending.remove(i);
-                done.insert(x);
+                if places[&x] == place {
+                    done.insert(x);
+                } else {
+                    carried.push(x);
+                }
                 seg.push(x);
             }
+            done.extend(carried);
         }
         out.push(seg);
     }
     out
 }
 
-fn write_run(p: &Plan, w: &mut W, run: &[Handle<Expr>], level: Level) -> R<()> {
-    let mut locals = Vec::new();
+/// A batch reduction over the elements of `level` (seq or group) that a run's loop over that
+/// level can fold: the block-strided loop it would run is the run's own, element for element.
+fn carried_by(p: &Plan, h: Handle<Expr>, level: Level) -> bool {
+    let Expr::Reduce { arg, to, .. } = p.m.exprs[h] else {
+        return false;
+    };
+    let el = if matches!(p.role[h], Role::Acc { .. }) || closed_form(p, h) {
+        Level::Seq
+    } else {
+        p.m.level(arg)
+    };
+    to == Level::Batch && el == level && matches!(level, Level::Seq | Level::Group)
+}
+
+/// A run: one loop over the elements of `level`, each node's value kept in a register for the
+/// nodes after it (an element's operands at this level are computed by the same thread), and
+/// batch reductions of these elements folded in the same loop, combined over the block after
+/// it (the same fold order and combine as their own loop: the same bits).
+fn write_run(
+    p: &Plan,
+    w: &mut W,
+    run: &[Handle<Expr>],
+    level: Level,
+    known: &mut Vec<Handle<Expr>>,
+) -> R<()> {
+    let mut locals = known.clone();
     let mut body = Vec::new();
     let mut tails = Vec::new();
+    let mut carried = Vec::new();
     for &h in run {
         let n = h.index();
-        let e = rhs(p, &locals, h, level)?;
-        body.push(format!(
-            "const {} e{n} = {e};{}",
-            c_ty(p, h),
-            span_comment(p, h)
-        ));
+        let sc = span_comment(p, h);
+        if carried_by(p, h, level) {
+            let f = fold_of(p, h, &locals, true)?;
+            let (want, _) = enum_loops(level, Level::Batch, true).unwrap_or_default();
+            if f.loops != want {
+                return Err(err(
+                    p.m,
+                    h,
+                    "internal: a carried reduction with another loop",
+                ));
+            }
+            w.line(&format!(
+                "float acc{n} = {}, n{n} = 0.0f;  // e{n}: folded by the loop below",
+                reduce_init(f.op)
+            ));
+            body.push(format!(
+                "{{ float& acc = acc{n}; float& n = n{n}; {} }}",
+                f.body
+            ));
+            carried.push((h, f.op));
+            continue;
+        }
+        if fusable(p, h) {
+            let e = rhs(p, &locals, h, level)?;
+            body.push(format!("const {} e{n} = {e};{sc}", c_ty(p, h)));
+        } else if let (true, Expr::Reduce { op, arg, .. }) = (closed_form(p, h), &p.m.exprs[h]) {
+            if level == Level::Seq {
+                let v = closed_per_seq(p, h, *op, *arg, &locals)?;
+                body.push(format!("const float e{n} = {v};{sc}"));
+            } else {
+                body.extend(serial_fold(p, h, &locals)?);
+            }
+        } else {
+            body.extend(serial_fold(p, h, &locals)?);
+        }
         body.push(format!(
             "ctx.v{n}[{}] = {};",
             idx(level),
@@ -104,7 +252,260 @@ fn write_run(p: &Plan, w: &mut W, run: &[Handle<Expr>], level: Level) -> R<()> {
         }
     }
     level_loop_lines(p, w, level, &body, &tails);
+    for (h, op) in carried {
+        let n = h.index();
+        w.line(&format!(
+            "float e{n};  // reduce -> batch{}",
+            span_comment(p, h)
+        ));
+        w.open("{");
+        w.line(&format!("float acc = acc{n}, n = n{n};"));
+        block_combine(w, op);
+        w.line(&format!("e{n} = {};", fin_value(op)));
+        w.close("}");
+        w.line(&format!("if (threadIdx.x == 0) {{ ctx.v{n}[0] = e{n}; }}"));
+        known.push(h);
+    }
     Ok(())
+}
+
+/// A reduction folded by the thread that owns its unit, as run body lines defining `e<n>`.
+fn serial_fold(p: &Plan, h: Handle<Expr>, known: &[Handle<Expr>]) -> R<Vec<String>> {
+    let n = h.index();
+    let f = fold_of(p, h, known, false)?;
+    let mut lines = vec![
+        format!("float e{n};{}", span_comment(p, h)),
+        "{".to_string(),
+        format!("float acc = {}, n = 0.0f;", reduce_init(f.op)),
+    ];
+    for l in &f.loops {
+        if l.starts_with("for (") {
+            lines.push("#pragma unroll 1".to_string());
+        }
+        lines.push(l.clone());
+    }
+    lines.push(f.body);
+    lines.extend((0..f.scopes).map(|_| "}".to_string()));
+    lines.push(format!("e{n} = {};", fin_value(f.op)));
+    lines.push("}".to_string());
+    Ok(lines)
+}
+
+/// Batch values every thread computes: elementwise ones as kernel-scope constants, reductions
+/// and quantiles block-cooperatively (each thread gets the result); thread 0 stores them for
+/// later kernels. No barrier: readers in this kernel use the registers.
+fn write_uniform(
+    p: &Plan,
+    w: &mut W,
+    seg: &[Handle<Expr>],
+    known: &mut Vec<Handle<Expr>>,
+) -> R<()> {
+    for &h in seg {
+        let n = h.index();
+        let sc = span_comment(p, h);
+        match p.m.exprs[h] {
+            Expr::Quantile { arg, q, filter, .. } => {
+                w.line(&format!("float e{n};  // quantile -> batch{sc}"));
+                w.open("{");
+                let each = quantile_each(p, arg, filter, Level::Batch, known, true)?;
+                w.line(&each);
+                let qv = val(p, known, q, Level::Batch)?;
+                w.line(&format!("e{n} = rlo_block_quantile(each, {qv});"));
+                w.close("}");
+            }
+            Expr::Reduce { .. } => {
+                let f = fold_of(p, h, known, true)?;
+                w.line(&format!("float e{n};  // reduce -> batch{sc}"));
+                w.open("{");
+                write_fold(w, &f);
+                block_combine(w, f.op);
+                w.line(&format!("e{n} = {};", fin_value(f.op)));
+                w.close("}");
+            }
+            Expr::Const(_)
+            | Expr::Bool(_)
+            | Expr::Param(_)
+            | Expr::Input(_)
+            | Expr::Index(_)
+            | Expr::Unary { .. }
+            | Expr::Binary { .. }
+            | Expr::Select { .. }
+            | Expr::Broadcast { .. }
+            | Expr::Scan { .. }
+            | Expr::Rank { .. }
+            | Expr::PosReduce { .. }
+            | Expr::Detach { .. } => {
+                let e = rhs(p, known, h, Level::Batch)?;
+                w.line(&format!("const {} e{n} = {e};{sc}", c_ty(p, h)));
+            }
+        }
+        w.line(&format!(
+            "if (threadIdx.x == 0) {{ ctx.v{n}[0] = {}; }}",
+            store_expr(p, h, &format!("e{n}"))
+        ));
+        known.push(h);
+    }
+    Ok(())
+}
+
+/// How a reduction folds one unit of its target level: the loops over the unit's elements
+/// (`strided`: shared by the block's threads), the fold of one element into `acc` / `n`.
+struct Fold {
+    op: ReduceOp,
+    loops: Vec<String>,
+    scopes: usize,
+    body: String,
+}
+
+fn fold_of(p: &Plan, h: Handle<Expr>, known: &[Handle<Expr>], strided: bool) -> R<Fold> {
+    let m = p.m;
+    let n = h.index();
+    let Expr::Reduce {
+        op,
+        arg,
+        to,
+        filter,
+    } = m.exprs[h]
+    else {
+        return Err(err(m, h, "internal: not a reduction"));
+    };
+    let levels = |el: Level| {
+        enum_loops(el, to, strided).ok_or_else(|| err(m, h, "unsupported reduction levels"))
+    };
+    if matches!(p.role[h], Role::Acc { .. }) {
+        // combine the per-sequence partials of a token pass, in sequence order
+        let (loops, scopes) = levels(Level::Seq)?;
+        let body = match op {
+            ReduceOp::Sum => format!("acc += ctx.q{n}[s];"),
+            ReduceOp::Max | ReduceOp::Min => format!(
+                "if (ctx.c{n}[s] > 0.0f) {{ {} n += ctx.c{n}[s]; }}",
+                reduce_fold(op, "acc", &format!("ctx.q{n}[s]"))
+            ),
+        };
+        return Ok(Fold {
+            op,
+            loops,
+            scopes,
+            body,
+        });
+    }
+    if closed_form(p, h) {
+        // per sequence in closed form, folded over the unit's sequences
+        let (loops, scopes) = levels(Level::Seq)?;
+        let value = match op {
+            ReduceOp::Sum => closed_per_seq(p, h, op, arg, known)?,
+            ReduceOp::Max | ReduceOp::Min => val(p, known, arg, Level::Seq)?,
+        };
+        let mut body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &value));
+        if op != ReduceOp::Sum {
+            body = format!("if {} {{ {body} }}", live_seq(p, filter, known)?);
+        }
+        return Ok(Fold {
+            op,
+            loops,
+            scopes,
+            body,
+        });
+    }
+    let el = m.level(arg);
+    let (loops, scopes) = levels(el)?;
+    let v = val(p, known, arg, el)?;
+    let body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &v));
+    let body = match filter {
+        Some(f) => format!("if ({}) {{ {body} }}", val(p, known, f, el)?),
+        None => body,
+    };
+    Ok(Fold {
+        op,
+        loops,
+        scopes,
+        body,
+    })
+}
+
+/// Whether sequence `s` takes part in a closed-form token reduction (non-empty, and its
+/// per-sequence filter).
+fn live_seq(p: &Plan, filter: Option<Handle<Expr>>, known: &[Handle<Expr>]) -> R<String> {
+    Ok(match filter {
+        Some(f) => format!("({} && RLO_LEN(s) > 0)", val(p, known, f, Level::Seq)?),
+        None => "(RLO_LEN(s) > 0)".to_string(),
+    })
+}
+
+/// A closed-form token reduction's value for sequence `s`.
+fn closed_per_seq(
+    p: &Plan,
+    h: Handle<Expr>,
+    op: ReduceOp,
+    arg: Handle<Expr>,
+    known: &[Handle<Expr>],
+) -> R<String> {
+    let filter = if let Expr::Reduce { filter, .. } = p.m.exprs[h] {
+        filter
+    } else {
+        None
+    };
+    let c = val(p, known, arg, Level::Seq)?;
+    let live = live_seq(p, filter, known)?;
+    Ok(match op {
+        ReduceOp::Sum => format!("({live} ? {c} * (float)RLO_LEN(s) : 0.0f)"),
+        ReduceOp::Max | ReduceOp::Min => format!("({live} ? {c} : 0.0f)"),
+    })
+}
+
+/// `float acc, n` and the loops folding one unit into them.
+fn write_fold(w: &mut W, f: &Fold) {
+    w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(f.op)));
+    for l in &f.loops {
+        w.open(l);
+        if !l.ends_with('{') {
+            w.indent -= 1;
+        }
+    }
+    w.line(&f.body);
+    for _ in 0..f.scopes {
+        w.close("}");
+    }
+}
+
+/// Every thread's `acc` (and `n`, the count a max or min needs for its empty case) combined
+/// over the block; every thread gets the result.
+fn block_combine(w: &mut W, op: ReduceOp) {
+    w.line(&format!("acc = {}(acc);", block_fn(op)));
+    if op != ReduceOp::Sum {
+        w.line("n = rlo_block_sum(n);");
+    }
+}
+
+/// `auto each = [&](auto&& f) { … f(value); … };` visiting a quantile's elements in one unit.
+fn quantile_each(
+    p: &Plan,
+    arg: Handle<Expr>,
+    filter: Option<Handle<Expr>>,
+    to: Level,
+    known: &[Handle<Expr>],
+    strided: bool,
+) -> R<String> {
+    let m = p.m;
+    let el = m.level(arg);
+    let (loops, nc) =
+        enum_loops(el, to, strided).ok_or_else(|| err(m, arg, "unsupported quantile levels"))?;
+    let v = val(p, known, arg, el)?;
+    let call = match filter {
+        Some(f) => format!("if ({}) {{ f({v}); }}", val(p, known, f, el)?),
+        None => format!("f({v});"),
+    };
+    let mut each = String::from("auto each = [&](auto&& f) { ");
+    for l in &loops {
+        each.push_str(l);
+        each.push(' ');
+    }
+    each.push_str(&call);
+    for _ in 0..nc {
+        each.push_str(" }");
+    }
+    each.push_str(" };");
+    Ok(each)
 }
 
 fn fin_value(op: ReduceOp) -> &'static str {
@@ -146,8 +547,8 @@ fn open_thread_per_unit(w: &mut W, to: Level) -> usize {
 
 /// Token → turn reduction of sequence `s` (in scope with `g`, `len`): one thread per turn finds
 /// the turn's token range by binary search of `tok_turn` (non-decreasing along a sequence) and
-/// folds it in order. Reads only stored or inline values.
-pub(super) fn turn_reduce(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
+/// folds it in order. Reads stored, inline and `known` (kernel-scope) values.
+pub(super) fn turn_reduce(p: &Plan, w: &mut W, h: Handle<Expr>, known: &[Handle<Expr>]) -> R<()> {
     let m = p.m;
     let Expr::Reduce {
         op, arg, filter, ..
@@ -156,10 +557,10 @@ pub(super) fn turn_reduce(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
         return Err(err(m, h, "internal: not a reduction"));
     };
     let n = h.index();
-    let v = val(p, &[], arg, Level::Tok)?;
+    let v = val(p, known, arg, Level::Tok)?;
     let fold = format!("{} n += 1.0f;", reduce_fold(op, "acc", &v));
     let fold = match filter {
-        Some(f) => format!("if ({}) {{ {fold} }}", val(p, &[], f, Level::Tok)?),
+        Some(f) => format!("if ({}) {{ {fold} }}", val(p, known, f, Level::Tok)?),
         None => fold,
     };
     w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
@@ -178,200 +579,46 @@ pub(super) fn turn_reduce(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
     Ok(())
 }
 
-/// A reduction over the sequences of each group (one thread per group, serial) or of the batch
-/// (block-cooperative); `body` folds one element into `acc` / `n`.
-#[allow(clippy::too_many_arguments)]
-fn write_seq_reduce(
-    w: &mut W,
-    op: ReduceOp,
-    to: Level,
-    n: usize,
-    loops: &[String],
-    nc: usize,
-    body: &str,
-    sc: &str,
-) {
-    let serial = to == Level::Group;
-    w.line(&format!("// e{n}: reduce -> {to}{sc}"));
-    if serial {
-        w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-    } else {
-        unit_serial(w, to);
-    }
-    w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-    for l in loops {
-        w.open(l);
-        if !l.ends_with('{') {
-            w.indent -= 1;
-        }
-    }
-    w.line(body);
-    for _ in 0..nc {
-        w.close("}");
-    }
-    if serial {
-        w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
-    } else {
-        block_finish(w, op, &format!("ctx.v{n}[{}]", idx(to)));
-    }
-    w.close("}");
-}
-
-/// The end of a block-cooperative reduction: combine every thread's `acc` (and `n`, the count
-/// a max or min needs for its empty case) and let thread 0 store the result to `target`.
-fn block_finish(w: &mut W, op: ReduceOp, target: &str) {
-    w.line(&format!("acc = {}(acc);", block_fn(op)));
-    if op != ReduceOp::Sum {
-        w.line("n = rlo_block_sum(n);");
-    }
-    w.line(&format!(
-        "if (threadIdx.x == 0) {{ {target} = {}; }}",
-        fin_value(op)
-    ));
-}
-
-fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
+/// A statement alone (followed by a barrier): reductions block-cooperative per unit, turn
+/// reductions, serial quantiles, scans, ranks, position reductions, token-level values.
+fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>, known: &[Handle<Expr>]) -> R<()> {
     let m = p.m;
     let n = h.index();
     let level = m.level(h);
     let sc = span_comment(p, h);
     match m.exprs[h] {
-        Expr::Reduce { op, arg, to, .. } if matches!(p.role[h], Role::Acc { .. }) => {
-            // combine the per-sequence partials of a token pass, in sequence order
-            let fold = match op {
-                ReduceOp::Sum => format!("acc += ctx.q{n}[s];"),
-                ReduceOp::Max | ReduceOp::Min => format!(
-                    "if (ctx.c{n}[s] > 0.0f) {{ {} n += ctx.c{n}[s]; }}",
-                    reduce_fold(op, "acc", &format!("ctx.q{n}[s]"))
-                ),
-            };
-            let _ = arg;
-            w.line(&format!("// e{n}: combine per-sequence partials{sc}"));
-            if to == Level::Group {
-                w.open("for (long long g = threadIdx.x; g < ctx.n_groups; g += blockDim.x) {");
-                w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-                w.open("for (long long m = ctx.group_off[g]; m < ctx.group_off[g + 1]; ++m) {");
-                w.line("const long long s = ctx.group_seqs[m];");
-                w.line(&fold);
-                w.close("}");
-                w.line(&format!("ctx.v{n}[g] = {};", fin_value(op)));
-                w.close("}");
-            } else {
-                w.open("{");
-                w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-                w.open("for (long long s = threadIdx.x; s < ctx.n_seqs; s += blockDim.x) {");
-                w.line(&fold);
-                w.close("}");
-                block_finish(w, op, &format!("ctx.v{n}[0]"));
-                w.close("}");
-            }
-        }
         Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter,
-        } if m.level(arg) == Level::Tok
-            && to != Level::Turn
-            && m.level(p.canon[arg]) >= Level::Seq
-            && filter.is_none_or(|f| m.level(p.canon[f]) >= Level::Seq) =>
-        {
-            // a per-sequence constant over the tokens (seq_len, num_tokens, filtered by a
-            // per-sequence condition): closed form per sequence, no token loop (to a turn it
-            // needs the turn's token count: the token loop of the `to: Turn` arm below)
-            let c = val(p, &[], arg, Level::Seq)?;
-            let live = match filter {
-                Some(f) => format!("({} && RLO_LEN(s) > 0)", val(p, &[], f, Level::Seq)?),
-                None => "(RLO_LEN(s) > 0)".to_string(),
-            };
-            let per_seq = match op {
-                ReduceOp::Sum => format!("({live} ? {c} * (float)RLO_LEN(s) : 0.0f)"),
-                ReduceOp::Max | ReduceOp::Min => format!("({live} ? {c} : 0.0f)"),
-            };
-            if to == Level::Seq {
-                let body = format!("ctx.v{n}[s] = {per_seq};{sc}");
-                level_loop(p, w, Level::Seq, &body, false, "");
-            } else {
-                let (loops, nc) = enum_loops(Level::Seq, to, to != Level::Group)
-                    .ok_or_else(|| err(m, h, "unsupported reduction levels"))?;
-                let value = match op {
-                    ReduceOp::Sum => per_seq,
-                    ReduceOp::Max | ReduceOp::Min => c,
-                };
-                let mut body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &value));
-                if op != ReduceOp::Sum {
-                    body = format!("if {live} {{ {body} }}");
-                }
-                write_seq_reduce(w, op, to, n, &loops, nc, &body, &sc);
-            }
-        }
-        Expr::Reduce {
-            op,
-            to: Level::Turn,
-            ..
+            to: Level::Turn, ..
         } => {
-            let _ = op;
             w.line(&format!("// e{n}: reduce tok -> turn{sc}"));
             w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
             w.line("const long long g = ctx.seq_group[s];");
             w.line("const long long len = RLO_LEN(s);");
-            turn_reduce(p, w, h)?;
+            turn_reduce(p, w, h, known)?;
             w.close("}");
         }
-        Expr::Reduce {
-            op,
-            arg,
-            to,
-            filter,
-        } => {
+        Expr::Reduce { arg, to, .. } => {
+            // what `place` leaves alone: one unit at a time, each folded by the whole block
+            // (a serial one here would be in a run)
             let el = m.level(arg);
-            let serial = serial_unit(el, to);
-            let (loops, nc) = enum_loops(el, to, !serial)
-                .ok_or_else(|| err(m, h, "unsupported reduction levels"))?;
-            let v = val(p, &[], arg, el)?;
-            let body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &v));
-            let body = match filter {
-                Some(f) => format!("if ({}) {{ {body} }}", val(p, &[], f, el)?),
-                None => body,
-            };
+            if serial_unit(el, to) {
+                return Err(err(m, h, "internal: a serial reduction placed alone"));
+            }
+            let f = fold_of(p, h, known, true)?;
             w.line(&format!("// e{n}: reduce {el} -> {to}{sc}"));
-            let extra = if serial {
-                open_thread_per_unit(w, to)
-            } else {
-                unit_serial(w, to);
-                0
-            };
-            w.line(&format!("float acc = {}, n = 0.0f;", reduce_init(op)));
-            for l in &loops {
-                w.open(l);
-                if !l.ends_with('{') {
-                    w.indent -= 1;
-                }
-            }
-            w.line(&body);
-            for _ in 0..nc {
-                w.close("}");
-            }
-            if serial {
-                w.line(&format!("ctx.v{n}[{}] = {};", idx(to), fin_value(op)));
-            } else {
-                block_finish(w, op, &format!("ctx.v{n}[{}]", idx(to)));
-            }
+            unit_serial(w, to);
+            write_fold(w, &f);
+            block_combine(w, f.op);
+            w.line(&format!(
+                "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = {}; }}",
+                idx(to),
+                fin_value(f.op)
+            ));
             w.close("}");
-            for _ in 0..extra {
-                w.close("}");
-            }
         }
         Expr::Quantile { arg, q, to, filter } => {
             let el = m.level(arg);
             let serial = serial_unit(el, to);
-            let (loops, nc) = enum_loops(el, to, !serial)
-                .ok_or_else(|| err(m, h, "unsupported quantile levels"))?;
-            let v = val(p, &[], arg, el)?;
-            let call = match filter {
-                Some(f) => format!("if ({}) {{ f({v}); }}", val(p, &[], f, el)?),
-                None => format!("f({v});"),
-            };
             w.line(&format!("// e{n}: quantile {el} -> {to}{sc}"));
             let extra = if serial {
                 open_thread_per_unit(w, to)
@@ -379,18 +626,8 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
                 unit_serial(w, to);
                 0
             };
-            let mut each = String::from("auto each = [&](auto&& f) { ");
-            for l in &loops {
-                each.push_str(l);
-                each.push(' ');
-            }
-            each.push_str(&call);
-            for _ in 0..nc {
-                each.push_str(" }");
-            }
-            each.push_str(" };");
-            w.line(&each);
-            let qv = val(p, &[], q, to)?;
+            w.line(&quantile_each(p, arg, filter, to, known, !serial)?);
+            let qv = val(p, known, q, to)?;
             if serial {
                 w.line(&format!(
                     "ctx.v{n}[{}] = rlo_serial_quantile(each, {qv});",
@@ -412,7 +649,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
             w.line(&format!("// e{n}: scan, one sequence at a time"));
             w.open("for (long long s = 0; s < ctx.n_seqs; ++s) {");
             w.line("const long long g = ctx.seq_group[s];");
-            w.line(&scan_call(p, &[], h)?);
+            w.line(&scan_call(p, known, h)?);
             if p.tok_root[h] && p.opts.layout == TokLayout::Padded {
                 w.open("for (long long t = RLO_LEN(s) + threadIdx.x; t < ctx.tok_stride; t += blockDim.x) {");
                 w.line(&format!("ctx.v{n}[RLO_TOK(s, t)] = 0.0f;"));
@@ -425,7 +662,7 @@ fn write_stmt(p: &Plan, w: &mut W, h: Handle<Expr>) -> R<()> {
         | Expr::Select { .. }
         | Expr::Rank { .. }
         | Expr::PosReduce { .. } => {
-            let e = rhs(p, &[], h, level)?;
+            let e = rhs(p, known, h, level)?;
             let body = format!("ctx.v{n}[{}] = {};{sc}", idx(level), store_expr(p, h, &e));
             level_loop(p, w, level, &body, p.tok_root[h], &format!("v{n}"));
         }
