@@ -197,6 +197,22 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
         },
         Tok,
     );
+    let nx = b.f(
+        Expr::Scan {
+            op: ScanOp::Next,
+            arg: dfc,
+            discount: None,
+        },
+        Tok,
+    );
+    let pv = b.f(
+        Expr::Scan {
+            op: ScanOp::Prev,
+            arg: nx,
+            discount: None,
+        },
+        Tok,
+    );
     let pr = b.f(
         Expr::PosReduce {
             op: ReduceOp::Max,
@@ -212,7 +228,7 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
         Tok,
     );
     let mean_b = b.red(ReduceOp::Sum, seq_mean, Batch, None);
-    let g0 = b.bin(BinaryOp::Mul, rcs, dfc);
+    let g0 = b.bin(BinaryOp::Mul, rcs, pv);
     let g1 = b.bin(BinaryOp::Add, g0, pr);
     let g2 = b.bin(BinaryOp::Add, g1, tr);
     let g3 = b.bin(BinaryOp::Div, g2, mean_b);

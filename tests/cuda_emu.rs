@@ -25,7 +25,6 @@ use rlo_compiler::back::cuda::{
 };
 use rlo_compiler::{Compiled, Module};
 use runner::{EmuLib, Order, RunOpts};
-use std::path::PathBuf;
 
 fn emulator_or_skip(test: &str) -> bool {
     match runner::unavailable() {
@@ -40,38 +39,22 @@ fn emulator_or_skip(test: &str) -> bool {
     }
 }
 
-fn stdlib_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
-}
-
-/// Every stdlib file that defines an objective, sorted.
+/// Every stdlib objective (`rlo_tests::stdlib_objective_names`), compiled.
 fn stdlib_objectives() -> Vec<(String, Compiled)> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(stdlib_dir())
-        .expect("stdlib dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rlo"))
-        .collect();
-    paths.sort();
-    let mut v = Vec::new();
-    for p in paths {
-        let text = std::fs::read_to_string(&p).expect("read");
-        if !text.lines().any(|l| l.starts_with("objective")) {
-            continue;
-        }
-        let name = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let c = rlo_compiler::compile(
-            &format!("stdlib/{name}.rlo"),
-            &text,
-            &rlo_compiler::Options::default(),
-        )
-        .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
-        v.push((name, c));
-    }
-    v
+    rlo_tests::stdlib_objective_names()
+        .into_iter()
+        .map(|name| {
+            let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
+            let text = std::fs::read_to_string(&path).expect("read");
+            let c = rlo_compiler::compile(
+                &format!("stdlib/{name}.rlo"),
+                &text,
+                &rlo_compiler::Options::default(),
+            )
+            .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)));
+            (name, c)
+        })
+        .collect()
 }
 
 /// grpo with the runtime's block sizes on 1100 sequences: more than the 1024 threads of a

@@ -17,8 +17,10 @@ use rlo_compiler::Compiled;
 
 /// Objectives whose schedule needs a batch- or group-level value of token results between
 /// passes (PPO and REINFORCE++: batch whitening of token advantages, two passes; clip_cov and
-/// kl_cov: the batch covariance of token values, then token ranks in one-block kernels).
-const ABOVE_ROOFLINE: [&str; 4] = ["clip_cov", "kl_cov", "ppo", "reinforce_pp"];
+/// kl_cov: the batch covariance of token values, then token ranks in one-block kernels), and
+/// ROVER (`seq_next` runs as a scan: its argument is stored, and its result, re-read by the
+/// next sweep of the same kernel: 1.60×).
+const ABOVE_ROOFLINE: [&str; 5] = ["clip_cov", "kl_cov", "ppo", "reinforce_pp", "rover"];
 
 /// Two-pass objectives whose passes fuse into one token kernel.
 const FUSED: [&str; 4] = ["gmpo", "gspo", "gspo_token", "vespo"];
@@ -244,9 +246,10 @@ fn one_block_kernels_are_few_and_short() {
         );
     }
     eprintln!("stdlib: {launches} launches, {barriers} barriers in one-block kernels");
-    // before one-launch merging and register batch values (aa6c2b7): 213 launches, 695
+    // before one-launch merging and register batch values (aa6c2b7, 31 objectives then, 32
+    // with rover now): 213 launches, 695
     assert!(
-        launches <= 172 && barriers <= 130,
+        launches <= 175 && barriers <= 130,
         "{launches} launches, {barriers} barriers"
     );
     // grpo's first kernel: group mean → centred reward → group std → normalized advantage

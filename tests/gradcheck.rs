@@ -269,6 +269,8 @@ fn scans_ranks_quantiles_posreduce() {
         ScanOp::RevCumSum,
         ScanOp::DiscountedRevCumSum,
         ScanOp::DiscountedCumSum,
+        ScanOp::Next,
+        ScanOp::Prev,
     ] {
         for (i, j) in [(0usize, 1usize), (2, 2)] {
             run_prim(&format!("{op:?}"), &|b, x| {

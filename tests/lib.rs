@@ -382,6 +382,8 @@ fn random_step(
                 ScanOp::RevCumSum,
                 ScanOp::DiscountedRevCumSum,
                 ScanOp::DiscountedCumSum,
+                ScanOp::Next,
+                ScanOp::Prev,
             ];
             let op = ops[rng.random_range(0..ops.len())];
             let d = match op {
@@ -392,7 +394,7 @@ fn random_step(
                     }
                     Some(b.unary(UnaryOp::Sigmoid, y))
                 }
-                ScanOp::CumSum | ScanOp::RevCumSum => None,
+                ScanOp::CumSum | ScanOp::RevCumSum | ScanOp::Next | ScanOp::Prev => None,
             };
             b.scan(op, x, d)
         }

@@ -176,6 +176,59 @@ fn rounding_builtins() {
     close(&e.grads[0], &g);
 }
 
+/// `seq_next` / `seq_prev` on ragged sequences (lengths 3, 0, 1, 4), tokens and turns, and
+/// their gradients (each shift's is the other shift of the adjoint).
+#[test]
+fn shift_builtins() {
+    let src = "objective o() {
+        input x: tok diff
+        input w: tok
+        input v: turn
+        loss batch_sum(w * seq_next(x) + 3 * seq_prev(x) * x)
+        output n = seq_next(x)
+        output p = seq_prev(x)
+        output tn = seq_next(v)
+        output tp = seq_prev(v)
+    }";
+    let lens = [3usize, 0, 1, 4];
+    let mut l = Layout::single_turn(&lens, vec![0, 0, 1, 1]);
+    // sequence 3 has two turns (its tokens 0-1 and 2-3): 4 turns in all
+    l.turn_offsets = vec![0, 1, 1, 2, 4];
+    l.tok_turn = vec![0, 0, 0, 1, 2, 2, 3, 3];
+    l.validate().expect("valid layout");
+    let x: Vec<f64> = (0..8).map(|i| 1.0 + i as f64).collect();
+    let w: Vec<f64> = (0..8).map(|i| 0.5 - 0.25 * i as f64).collect();
+    let v = vec![10.0, 20.0, 30.0, 40.0];
+    let (m, e) = eval(
+        src,
+        &l,
+        &[("x", x.clone()), ("w", w.clone()), ("v", v.clone())],
+    );
+    // by hand, from the definitions (spec §6.4), one sequence at a time
+    let (mut n, mut p, mut g) = (vec![0.0; 8], vec![0.0; 8], vec![0.0; 8]);
+    let offs = [0usize, 3, 3, 4, 8];
+    for s in 0..4 {
+        let (a, b) = (offs[s], offs[s + 1]);
+        for t in a..b {
+            n[t] = if t + 1 < b { x[t + 1] } else { 0.0 };
+            p[t] = if t > a { x[t - 1] } else { 0.0 };
+        }
+        // d/dx[u] of Σ_t w[t]·x[t+1] + 3·x[t−1]·x[t]
+        for u in a..b {
+            let from_next = if u > a { w[u - 1] } else { 0.0 };
+            let from_prev = 3.0 * (if u > a { x[u - 1] } else { 0.0 })
+                + 3.0 * (if u + 1 < b { x[u + 1] } else { 0.0 });
+            g[u] = from_next + from_prev;
+        }
+    }
+    close(&output(&m, &e, "n"), &n);
+    close(&output(&m, &e, "p"), &p);
+    close(&e.grads[0], &g);
+    // turns: sequence 0 has turn 0, sequence 2 turn 1, sequence 3 turns 2 and 3
+    close(&output(&m, &e, "tn"), &[0.0, 0.0, 40.0, 0.0]);
+    close(&output(&m, &e, "tp"), &[0.0, 0.0, 0.0, 30.0]);
+}
+
 #[test]
 fn valid_programs_run_on_random_batches_without_nan_losses() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/pass");

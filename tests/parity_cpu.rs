@@ -21,34 +21,17 @@ use rlo_compiler::{
 };
 use rlo_runtime::cpu::CpuKernel;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-fn stdlib_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
-}
-
+/// Every stdlib objective (`rlo_tests::stdlib_objective_names`) with its source.
 fn objectives() -> Vec<(String, String)> {
-    let mut v = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(stdlib_dir())
-        .expect("stdlib dir")
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.path());
-    for e in entries {
-        let p = e.path();
-        let text = std::fs::read_to_string(&p).expect("read");
-        if p.extension().is_some_and(|x| x == "rlo")
-            && text.lines().any(|l| l.starts_with("objective"))
-        {
-            v.push((
-                p.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                text,
-            ));
-        }
-    }
-    v
+    rlo_tests::stdlib_objective_names()
+        .into_iter()
+        .map(|name| {
+            let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
+            let text = std::fs::read_to_string(&path).expect("read");
+            (name, text)
+        })
+        .collect()
 }
 
 struct Rng(u64);
@@ -417,7 +400,7 @@ objective e() {
 #[test]
 fn degenerate_batches() {
     // Empty batch of sequences, all-empty sequences, one group of one.
-    let text = std::fs::read_to_string(stdlib_dir().join("grpo.rlo")).expect("grpo");
+    let text = std::fs::read_to_string(rlo_tests::stdlib_dir().join("grpo.rlo")).expect("grpo");
     let c = compile("stdlib/grpo.rlo", &text, &Options::default()).expect("grpo compiles");
     let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
     for (lengths, groups) in [
@@ -461,7 +444,7 @@ fn rounding_builtins() {
 
 #[test]
 fn bad_batches_are_errors_not_panics() {
-    let text = std::fs::read_to_string(stdlib_dir().join("grpo.rlo")).expect("grpo");
+    let text = std::fs::read_to_string(rlo_tests::stdlib_dir().join("grpo.rlo")).expect("grpo");
     let c = compile("stdlib/grpo.rlo", &text, &Options::default()).expect("grpo compiles");
     let params: Vec<f64> = c.module.params.iter().map(|p| p.default).collect();
     let k = CpuKernel::compile(&c.module, &c.schedule, ClifOptions::default()).expect("compiles");

@@ -166,6 +166,8 @@ const UNARY: &[&str] = &[
     "detach",
     "seq_cumsum",
     "seq_revcumsum",
+    "seq_next",
+    "seq_prev",
     "group_rank",
     "batch_rank",
     "group_pos_sum",

@@ -292,6 +292,7 @@ objective_tests!(
     kto,
     orpo,
     f_dpo,
+    rover,
 );
 
 /// The library functions no objective uses, through one test objective.
@@ -479,6 +480,7 @@ const REASONED_PASSES: &[(&str, usize)] = &[
     ("kto", 2),
     ("orpo", 2),
     ("f_dpo", 2),
+    ("rover", 1),
 ];
 
 #[test]

@@ -255,6 +255,8 @@ impl<'a> Printer<'a> {
                     ScanOp::RevCumSum => "seq_revcumsum",
                     ScanOp::DiscountedRevCumSum => "seq_discounted_revcumsum",
                     ScanOp::DiscountedCumSum => "seq_discounted_cumsum",
+                    ScanOp::Next => "seq_next",
+                    ScanOp::Prev => "seq_prev",
                 };
                 format!("{name}({a}{})", d.unwrap_or_default())
             }

@@ -139,11 +139,22 @@ __device__ __noinline__ rlo_affine rlo_block_scan_affine(rlo_affine v, rlo_affin
 #define RLO_SCAN_REVCUMSUM 1
 #define RLO_SCAN_DISCOUNTED 2
 #define RLO_SCAN_DISCOUNTED_FWD 3
+#define RLO_SCAN_NEXT 4
+#define RLO_SCAN_PREV 5
 
 // x(t): the value at position t; d(t): the discount at t (only for RLO_SCAN_DISCOUNTED);
-// st(t, y): stores the result at t.
+// st(t, y): stores the result at t. The shifts (out[t] = x[t+1] or x[t-1], 0 past an end) are
+// no scan: each position reads its neighbour.
 template <class X, class D, class S>
 __device__ void rlo_seq_scan(int kind, long long len, X x, D d, S st) {
+    if (kind == RLO_SCAN_NEXT || kind == RLO_SCAN_PREV) {
+        for (long long t = threadIdx.x; t < len; t += blockDim.x) {
+            const long long u = kind == RLO_SCAN_NEXT ? t + 1 : t - 1;
+            st(t, u >= 0 && u < len ? x(u) : 0.0f);
+        }
+        __syncthreads();
+        return;
+    }
     float carry = 0.0f;
     for (long long base = 0; base < len; base += blockDim.x) {
         const long long r = base + threadIdx.x;

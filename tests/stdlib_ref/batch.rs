@@ -247,6 +247,18 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
         })
         .collect();
 
+    // V^old for ROVER: the value moved by a deterministic amount (no draw, so the other
+    // inputs of a seed stay as they were)
+    let old_value: Vec<Vec<f64>> = value
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(t, &v)| v + 0.3 * ((i * 7 + t * 3) as f64).sin())
+                .collect()
+        })
+        .collect();
     let mut tok = BTreeMap::new();
     for (n, v) in [
         ("logp", logp),
@@ -256,6 +268,7 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
         ("entropy", entropy),
         ("value", value),
         ("next_value", next_value),
+        ("old_value", old_value),
         ("adv", adv),
     ] {
         tok.insert(n, v);

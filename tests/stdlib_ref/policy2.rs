@@ -1,5 +1,5 @@
 //! References of the advantage-family objectives (RLOO, REINFORCE++, OPO, pass@k, risk
-//! measures), covariance-selected clipping (Clip-Cov, KL-Cov), DPH-RL and IGPO.
+//! measures), covariance-selected clipping (Clip-Cov, KL-Cov), DPH-RL, IGPO and ROVER.
 
 use super::batch::{Ctx, Shape};
 use super::dual::{c, D};
@@ -498,6 +498,39 @@ fn igpo(x: &Ctx) -> Out {
     }
 }
 
+/// ROVER: token-mean of (κ(ℓ − ℓ_old) − sg(Â + κ(V_{t+1} − V^old_{t+1})))², the bootstrap 0
+/// at a sequence's last token.
+fn rover(x: &Ctx) -> Out {
+    let b = x.b;
+    let (lp, old) = (x.tok("logp"), x.tokv("old_logp"));
+    let (v, vo) = (x.tokv("value"), x.tokv("old_value"));
+    let k = x.p("kappa");
+    let adv = grpo_adv(b, &x.seq("reward"), x.p("std_eps"), true, true);
+    let boot = |i: usize, t: usize| {
+        if t + 1 < b.len[i] {
+            k * (v[i][t + 1] - vo[i][t + 1])
+        } else {
+            0.0
+        }
+    };
+    let q = map_tok(b, |i, t| (lp[i][t] - c(old[i][t])) * c(k));
+    let per = map_tok(b, |i, t| {
+        let d = q[i][t] - c(adv[i] + boot(i, t));
+        d * d
+    });
+    Out {
+        loss: token_mean(&per),
+        metrics: vec![
+            ("q_mean", token_mean(&q).v),
+            (
+                "bootstrap_mean",
+                token_mean(&map_tok(b, |i, t| c(boot(i, t)))).v,
+            ),
+        ],
+        outputs: vec![("adv", adv)],
+    }
+}
+
 macro_rules! params {
     ($($extra:expr),* $(,)?) => {{
         const P: &[(&str, f64)] = &[$($extra,)* VANILLA[0], VANILLA[1], VANILLA[2], VANILLA[3]];
@@ -507,6 +540,14 @@ macro_rules! params {
 
 pub fn refs() -> Vec<Ref> {
     vec![
+        Ref {
+            name: "rover",
+            shape: Shape::Policy,
+            params: &[("kappa", 1.0), ("std_eps", 1e-6)],
+            diff: LP,
+            f: rover,
+            cases: &[&[("kappa", 0.5)]],
+        },
         Ref {
             name: "rloo",
             shape: Shape::Policy,

@@ -392,6 +392,19 @@ fn scan(
             }
         }
         (ScanOp::DiscountedRevCumSum | ScanOp::DiscountedCumSum, None) => {}
+        // f[t] = x[t+1] ; dx[u] = g[u−1] (0 at u = 0): the shifts are each other's transpose
+        (ScanOp::Next, _) => {
+            if on(x) {
+                let s = b.scan(ScanOp::Prev, g, None);
+                out.push((x, s));
+            }
+        }
+        (ScanOp::Prev, _) => {
+            if on(x) {
+                let s = b.scan(ScanOp::Next, g, None);
+                out.push((x, s));
+            }
+        }
     }
 }
 

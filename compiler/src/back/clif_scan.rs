@@ -27,7 +27,10 @@ impl Fx<'_, '_, '_> {
         // The discount at the previous element (DiscountedCumSum reads d[t−1]).
         let prev_d = self.b.declare_var(self.e.t);
         self.b.def_var(prev_d, z);
-        let rev = matches!(op, ScanOp::RevCumSum | ScanOp::DiscountedRevCumSum);
+        let rev = matches!(
+            op,
+            ScanOp::RevCumSum | ScanOp::DiscountedRevCumSum | ScanOp::Next
+        );
         self.for_range(a, e, rev, &mut |fx, i, first| {
             let mut c = Ctx::at(level, i);
             c.s = Some(s);
@@ -53,6 +56,13 @@ impl Fx<'_, '_, '_> {
                     return Err(BackendError::at(m, h, "discounted scan without discount"))
                 }
                 (ScanOp::CumSum | ScanOp::RevCumSum, _) => fx.b.ins().fadd(prev, x),
+                // the shifts: the element visited before (0 for the first visited), and this
+                // element is carried to the next one visited
+                (ScanOp::Next | ScanOp::Prev, _) => {
+                    fx.b.def_var(acc, x);
+                    fx.store_elem(out, i, prev);
+                    return Ok(());
+                }
             };
             fx.b.def_var(acc, v);
             fx.store_elem(out, i, v);

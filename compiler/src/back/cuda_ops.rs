@@ -381,6 +381,8 @@ pub(super) fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R
         ScanOp::RevCumSum => "RLO_SCAN_REVCUMSUM",
         ScanOp::DiscountedRevCumSum => "RLO_SCAN_DISCOUNTED",
         ScanOp::DiscountedCumSum => "RLO_SCAN_DISCOUNTED_FWD",
+        ScanOp::Next => "RLO_SCAN_NEXT",
+        ScanOp::Prev => "RLO_SCAN_PREV",
     };
     if m.level(arg) == Level::Turn {
         // over the turns of sequence s: position t is turn turn_off[s] + t

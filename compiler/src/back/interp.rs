@@ -520,6 +520,18 @@ impl<'a> Machine<'a> {
                         }
                     }
                 }
+                ScanOp::Next => {
+                    seg.rotate_left(seg.len().min(1));
+                    if let Some(last) = seg.last_mut() {
+                        *last = 0.0;
+                    }
+                }
+                ScanOp::Prev => {
+                    seg.rotate_right(seg.len().min(1));
+                    if let Some(first) = seg.first_mut() {
+                        *first = 0.0;
+                    }
+                }
             }
         }
         Ok(out)

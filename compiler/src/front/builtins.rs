@@ -116,6 +116,8 @@ const TABLE: &[Builtin] = &[
     b("batch_rank", X, Kind::Rank(Level::Batch)),
     b("seq_cumsum", X, Kind::Scan(ScanOp::CumSum)),
     b("seq_revcumsum", X, Kind::Scan(ScanOp::RevCumSum)),
+    b("seq_next", X, Kind::Scan(ScanOp::Next)),
+    b("seq_prev", X, Kind::Scan(ScanOp::Prev)),
     b(
         "seq_discounted_revcumsum",
         &[req("x"), req("gamma")],

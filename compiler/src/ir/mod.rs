@@ -305,6 +305,10 @@ pub enum ScanOp {
     /// `DiscountedRevCumSum` with the same discount array (produced by autodiff; also takes a
     /// `discount` operand at the level of `arg`). Added by the IR work (additive).
     DiscountedCumSum,
+    /// `out[t] = x[t+1]`, `out[last] = 0` (the next element of the sequence).
+    Next,
+    /// `out[t] = x[t−1]`, `out[0] = 0`: the transpose of `Next` (autodiff; also a builtin).
+    Prev,
 }
 
 impl Expr {
