@@ -212,6 +212,8 @@ fn weight_grads(
             old_logp: &b.old_logp,
             ref_logp: &b.ref_logp,
             reward: &b.reward,
+            value: None,
+            old_value: None,
         })
         .unwrap();
     let grads = out.loss.backward().unwrap();

@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rlo_runtime::candle::{surrogate, token_logp, token_logp_entropy, TokenLayout};
+use rlo_runtime::candle::{surrogate, token_logp, token_logp_entropy, uniform_value, TokenLayout};
 use rlo_runtime::Backend;
 use rlo_train::loss::{CandleGrpo, LossInputs, PolicyLoss, RloObjective};
 use rlo_train::rollout::{self, completion_logits, Rollouts};
@@ -158,6 +158,10 @@ fn fixture() -> Fixture {
 fn weight_grads(f: &Fixture, loss: &mut dyn PolicyLoss) -> (f64, Vec<(String, Tensor)>) {
     let logits = completion_logits(&f.tr.policy, &f.r).unwrap();
     let (logp, entropy) = token_logp_entropy(&logits, &f.r.completion_ids().unwrap(), 1.0).unwrap();
+    // ROVER's uniform values: the policy's, and a rollout policy's 0.1 lower
+    let value = uniform_value(&logits, 1.0).unwrap().detach();
+    let old_value = value.affine(1.0, -0.1).unwrap();
+    let wants = loss.wants("value");
     let out = loss
         .compute(&LossInputs {
             tokens: &f.tokens,
@@ -166,6 +170,8 @@ fn weight_grads(f: &Fixture, loss: &mut dyn PolicyLoss) -> (f64, Vec<(String, Te
             old_logp: &f.old_logp,
             ref_logp: &f.ref_logp,
             reward: &f.reward,
+            value: wants.then_some(&value),
+            old_value: wants.then_some(&old_value),
         })
         .unwrap();
     let grads = out.loss.backward().unwrap();
@@ -211,6 +217,8 @@ fn surrogate_chain_matches_direct_backward() {
         old_logp: &f.old_logp,
         ref_logp: &f.ref_logp,
         reward: &f.reward,
+        value: None,
+        old_value: None,
     })
     .unwrap();
     let g = out.loss.backward().unwrap().get(&leaf).unwrap().clone();
@@ -325,6 +333,7 @@ fn stdlib_objectives_give_finite_nonzero_weight_gradients() {
         ("grpo", include_str!("../../stdlib/grpo.rlo")),
         ("dapo", include_str!("../../stdlib/dapo.rlo")),
         ("gspo", include_str!("../../stdlib/gspo.rlo")),
+        ("rover", include_str!("../../stdlib/rover.rlo")),
     ];
     for (name, text) in files {
         let mut obj = RloObjective::new(name, text, None, &[], Backend::Interp).unwrap();

@@ -21,6 +21,10 @@ pub struct LossInputs<'a> {
     pub ref_logp: &'a Tensor,
     /// One per sequence.
     pub reward: &'a [f64],
+    /// `mean_v log π(v | s_t)` under the policy and under the rollout policy (ROVER's uniform
+    /// value; no gradient), when the trainer computed them.
+    pub value: Option<&'a Tensor>,
+    pub old_value: Option<&'a Tensor>,
 }
 
 pub struct LossOutput {
@@ -35,10 +39,16 @@ pub struct LossOutput {
 pub trait PolicyLoss {
     fn describe(&self) -> String;
     fn compute(&mut self, x: &LossInputs<'_>) -> Result<LossOutput>;
+    /// Whether the loss reads input `name` (the trainer computes optional inputs only then).
+    fn wants(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 /// A compiled `.rlo` objective. Inputs it may declare: `logp`, `entropy` (tok, may be `diff`),
-/// `old_logp`, `ref_logp` (tok), `reward` (seq), `correct` (seq bool: reward ≥ 1).
+/// `old_logp`, `ref_logp`, `value`, `old_value` (tok), `reward` (seq), `correct` (seq bool:
+/// reward ≥ 1).
 ///
 /// With `Backend::Cuda` and the policy on a candle CUDA device (feature `cuda`) the loss runs
 /// through `rlo_runtime::candle::cuda::CudaLoss` (NVRTC kernels on candle's stream, token data
@@ -147,13 +157,22 @@ impl PolicyLoss for RloObjective {
         )
     }
 
+    fn wants(&self, name: &str) -> bool {
+        self.objective
+            .compiled
+            .module
+            .inputs
+            .iter()
+            .any(|i| i.name == name)
+    }
+
     fn compute(&mut self, x: &LossInputs<'_>) -> Result<LossOutput> {
         let correct: Vec<f64> = x
             .reward
             .iter()
             .map(|&r| f64::from(u8::from(r >= 1.0)))
             .collect();
-        let inputs = [
+        let mut inputs = vec![
             ("logp", Input::Tensor(x.logp)),
             ("entropy", Input::Tensor(x.entropy)),
             ("old_logp", Input::Tensor(x.old_logp)),
@@ -161,6 +180,10 @@ impl PolicyLoss for RloObjective {
             ("reward", Input::Host(x.reward)),
             ("correct", Input::Host(&correct)),
         ];
+        if let (Some(v), Some(ov)) = (x.value, x.old_value) {
+            inputs.push(("value", Input::Tensor(v)));
+            inputs.push(("old_value", Input::Tensor(ov)));
+        }
         if let Some((k, plan)) = &self.ranks {
             let (k, params, backend) = (*k, &self.params, self.backend);
             let out = rlo_loss_with(&self.objective, x.tokens, &inputs, |batch| {

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rlo_runtime::candle::{token_logp, token_logp_entropy, TokenLayout};
+use rlo_runtime::candle::{token_logp, token_logp_entropy, uniform_value, TokenLayout};
 use serde::Serialize;
 
 use crate::loss::{LossInputs, PolicyLoss};
@@ -248,7 +248,15 @@ impl Trainer {
             })
             .collect();
         let ids = r.completion_ids()?;
-        let old_logp = token_logp(&completion_logits(&sampler, &r)?, &ids, cfg.temperature)?;
+        let old_logits = completion_logits(&sampler, &r)?;
+        let old_logp = token_logp(&old_logits, &ids, cfg.temperature)?;
+        // ROVER's uniform value under the rollout policy (only when the objective reads it)
+        let old_value = if loss.wants("old_value") {
+            Some(uniform_value(&old_logits, cfg.temperature)?)
+        } else {
+            None
+        };
+        drop(old_logits);
         let ref_logp = token_logp(
             &completion_logits(&self.reference, &r)?,
             &ids,
@@ -268,10 +276,15 @@ impl Trainer {
                 let g1 = (g0 + groups_per_mb).min(cfg.prompts_per_step);
                 let (r0, r1) = (g0 * cfg.group_size, g1 * cfg.group_size);
                 let mb = r.slice(r0, r1)?;
+                let old_value = match &old_value {
+                    Some(v) => Some(v.narrow(0, r0, r1 - r0)?),
+                    None => None,
+                };
                 let u = self.update(
                     &mb,
                     &old_logp.narrow(0, r0, r1 - r0)?,
                     &ref_logp.narrow(0, r0, r1 - r0)?,
+                    old_value.as_ref(),
                     &rewards[r0..r1],
                     loss,
                 )?;
@@ -301,6 +314,7 @@ impl Trainer {
         r: &Rollouts,
         old_logp: &Tensor,
         ref_logp: &Tensor,
+        old_value: Option<&Tensor>,
         rewards: &[f64],
         loss: &mut dyn PolicyLoss,
     ) -> Result<StepLog> {
@@ -313,6 +327,11 @@ impl Trainer {
         let logits = completion_logits(&self.policy, r)?;
         let (logp, entropy) =
             token_logp_entropy(&logits, &r.completion_ids()?, self.cfg.temperature)?;
+        // no gradient: ROVER reads it under a stop-gradient only
+        let value = match old_value {
+            Some(_) => Some(uniform_value(&logits, self.cfg.temperature)?.detach()),
+            None => None,
+        };
         let t_loss = Instant::now();
         let out = loss.compute(&LossInputs {
             tokens: &tokens,
@@ -321,6 +340,8 @@ impl Trainer {
             old_logp,
             ref_logp,
             reward: rewards,
+            value: value.as_ref(),
+            old_value,
         })?;
         let loss_s = t_loss.elapsed().as_secs_f64();
         let mut grads = out.loss.backward()?;

@@ -425,6 +425,13 @@ pub fn token_logp(logits: &Tensor, ids: &Tensor, temperature: f64) -> Result<Ten
         .squeeze(D::Minus1)?)
 }
 
+/// `V_t = mean_v log π(v | s_t)` of the tempered distribution at every position (`[B, T]`):
+/// the value of the uniform policy that ROVER bootstraps from (stdlib `rover`'s `value` and
+/// `old_value` inputs).
+pub fn uniform_value(logits: &Tensor, temperature: f64) -> Result<Tensor> {
+    Ok(log_softmax_t(logits, temperature)?.mean(D::Minus1)?)
+}
+
 /// [`token_logp`] and the entropy `−Σ_v p_v log p_v` of the same tempered distribution at every
 /// position, both `[B, T]` and differentiable in `logits`.
 pub fn token_logp_entropy(
