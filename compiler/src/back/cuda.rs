@@ -401,6 +401,9 @@ pub(crate) struct Plan<'a> {
     pub remat: HandleVec<Expr, bool>,
     /// `seq` reductions of a fused pass finished right after their sweep (read by a later one).
     pub early: HandleVec<Expr, bool>,
+    /// `seq_next` / `seq_prev` of a token pass computed per token as a gather: the argument's
+    /// cone recomputed at the neighbouring token ([`gather_cone`]), no scan, no store, no sweep.
+    pub gather: HandleVec<Expr, bool>,
 }
 
 pub(crate) fn err(m: &Module, h: Handle<Expr>, msg: impl Into<String>) -> BackendError {
@@ -622,6 +625,7 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         prologue: Vec::new(),
         remat: HandleVec::new(n, false),
         early: HandleVec::new(n, false),
+        gather: HandleVec::new(n, false),
         kernels,
     };
     check::check_and_mark(&mut p)?;

@@ -6,10 +6,11 @@
 
 use super::{
     elementwise, err, fuse, is_inline, ready_kernel, root_handles, KernelKind, Plan, Role,
+    REMAT_MAX_NODES,
 };
 use crate::arena::{Handle, HandleVec};
 use crate::back::BackendError;
-use crate::ir::Expr;
+use crate::ir::{Expr, ScanOp};
 use crate::types::Level;
 
 /// Checks that every operand is available where it is read, assigns sweeps, and marks the nodes
@@ -32,7 +33,11 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
         match p.role[h] {
             Role::None => {}
             Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
-                let is_scan = matches!(e, Expr::Scan { .. })
+                if matches!(p.role[h], Role::Tok { .. }) && gather_cone(p, h, kernel).is_some() {
+                    // recomputed at the neighbour: reads no stored operand, needs no sweep
+                    p.gather[h] = true;
+                }
+                let is_scan = matches!(e, Expr::Scan { .. }) && !p.gather[h]
                     || matches!(
                         e,
                         Expr::Reduce {
@@ -125,7 +130,7 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                         }
                     }
                 }
-                if matches!(e, Expr::Scan { .. }) && body_op {
+                if is_scan && matches!(e, Expr::Scan { .. }) && body_op {
                     sweep += 1;
                 }
                 match &mut p.role[h] {
@@ -286,4 +291,59 @@ fn add_prologue(
     list.extend(all);
     list.sort();
     Ok(())
+}
+
+/// For a `seq_next` / `seq_prev` of token values in kernel `k`: the nodes to recompute at the
+/// neighbouring token, operands first, when its argument is an elementwise function of inputs,
+/// structural indices, constants and values finished by earlier kernels (at most
+/// `REMAT_MAX_NODES` nodes). `None`: it runs as a scan (argument stored, a sweep later).
+pub(crate) fn gather_cone(p: &Plan, h: Handle<Expr>, k: usize) -> Option<Vec<Handle<Expr>>> {
+    let m = p.m;
+    let Expr::Scan {
+        op: ScanOp::Next | ScanOp::Prev,
+        arg,
+        ..
+    } = m.exprs[h]
+    else {
+        return None;
+    };
+    if m.level(arg) != Level::Tok {
+        return None;
+    }
+    // depth-first, operands before users
+    let mut order: Vec<Handle<Expr>> = Vec::new();
+    let mut seen: Vec<Handle<Expr>> = Vec::new();
+    let mut stack = vec![(p.canon[arg], false)];
+    while let Some((x, expanded)) = stack.pop() {
+        if !expanded && seen.contains(&x) {
+            continue;
+        }
+        let e = &m.exprs[x];
+        if is_inline(e) {
+            continue;
+        }
+        if m.level(x) > Level::Tok {
+            // a coarse value: read where it is, if an earlier kernel finished it
+            if ready_kernel(p.role[x]).is_none_or(|kx| kx >= k) {
+                return None;
+            }
+            continue;
+        }
+        if !elementwise(e) {
+            return None;
+        }
+        if expanded {
+            order.push(x);
+            continue;
+        }
+        seen.push(x);
+        if seen.len() > REMAT_MAX_NODES {
+            return None;
+        }
+        stack.push((x, true));
+        for o in e.operands() {
+            stack.push((p.canon[o], false));
+        }
+    }
+    Some(order)
 }

@@ -502,6 +502,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         for &h in &k.nodes {
             if matches!(m.exprs[h], Expr::Scan { .. })
                 && p.role[h] == (Role::Tok { kernel: ki, sweep })
+                && !p.gather[h]
             {
                 w.line(&scan_call(p, &locals, h)?);
             }
@@ -514,7 +515,20 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 Role::Tok { sweep: sw, .. } | Role::Acc { sweep: sw, .. } => sw == sweep,
                 Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => false,
             };
-            if !here || matches!(m.exprs[h], Expr::Scan { .. }) {
+            if !here || (matches!(m.exprs[h], Expr::Scan { .. }) && !p.gather[h]) {
+                continue;
+            }
+            if p.gather[h] {
+                let g = gather_expr(p, &sweep_locals, h, ki)?;
+                w.line(&format!(
+                    "const float e{} = {g};{}",
+                    h.index(),
+                    span_comment(p, h)
+                ));
+                sweep_locals.push(h);
+                if p.stored[h] {
+                    w.line(&format!("ctx.v{}[i] = e{};", h.index(), h.index()));
+                }
                 continue;
             }
             remat_operands(p, w, &mut sweep_locals, h, 0)?;
@@ -703,4 +717,39 @@ fn open_single(p: &Plan, w: &mut W, name: &str) {
         "extern \"C\" __global__ void __launch_bounds__({SMALL_THREADS}) {name}(const RloCtx ctx) {{"
     ));
     params(p, w);
+}
+
+/// A `seq_next` / `seq_prev` as a gather (`Plan::gather`): the argument's cone recomputed at the
+/// neighbouring token `u` by a lambda (its own `t`, `i`; only the batch, group and sequence
+/// values of `locals`: the token ones are this token's), 0 past the sequence's ends.
+fn gather_expr(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, k: usize) -> R<String> {
+    let m = p.m;
+    let (Some(cone), Expr::Scan { op, arg, .. }) =
+        (super::check::gather_cone(p, h, k), &m.exprs[h])
+    else {
+        return Err(err(m, h, "internal: not a gather"));
+    };
+    let mut inner: Vec<Handle<Expr>> = locals
+        .iter()
+        .copied()
+        .filter(|&x| m.level(x) > Level::Tok)
+        .collect();
+    let mut body = String::new();
+    for c in cone {
+        let e = rhs(p, &inner, c, Level::Tok)?;
+        body.push_str(&format!("const {} e{} = {e}; ", c_ty(p, c), c.index()));
+        inner.push(c);
+    }
+    let x = val(p, &inner, *arg, Level::Tok)?;
+    let (u, live) = match op {
+        ScanOp::Next => ("t + 1", "t + 1 < len"),
+        ScanOp::Prev => ("t - 1", "t > 0"),
+        ScanOp::CumSum
+        | ScanOp::RevCumSum
+        | ScanOp::DiscountedRevCumSum
+        | ScanOp::DiscountedCumSum => return Err(err(m, h, "internal: not a shift")),
+    };
+    Ok(format!(
+        "({live} ? [&](long long t) -> float {{ const long long i = RLO_TOK(s, t); {body}return {x}; }}({u}) : 0.0f)"
+    ))
 }
