@@ -207,7 +207,7 @@ objective pd() {
 /// run together, so barriers are left only where a loop reads what another thread stored.
 #[test]
 fn one_block_kernels_are_few_and_short() {
-    let (mut launches, mut barriers) = (0, 0);
+    let (mut launches, mut barriers, mut combines) = (0, 0, 0);
     for name in &rlo_tests::stdlib_objective_names() {
         let c = compile(name);
         let p = program(&c, TokLayout::Packed, StorageType::F32, false);
@@ -232,11 +232,21 @@ fn one_block_kernels_are_few_and_short() {
         }
         let mut per_kernel = Vec::new();
         for k in p.kernel_text.iter().filter(|k| single(&k.name)) {
-            let n = p.source[k.range.clone()]
-                .matches("\n    __syncthreads();")
-                .count();
-            per_kernel.push(format!("{} {n}", k.name));
+            let text = &p.source[k.range.clone()];
+            let n = text.matches("\n    __syncthreads();").count();
+            // block-wide combines (each a round of barriers inside the helper)
+            let c: usize = [
+                "rlo_block_sum(",
+                "rlo_block_max(",
+                "rlo_block_min(",
+                "rlo_block_reduce_n(",
+            ]
+            .iter()
+            .map(|f| text.matches(f).count())
+            .sum();
+            per_kernel.push(format!("{} {n} ({c} combines)", k.name));
             barriers += n;
+            combines += c;
         }
         launches += p.launches.len();
         eprintln!(
@@ -245,12 +255,14 @@ fn one_block_kernels_are_few_and_short() {
             per_kernel.join(", ")
         );
     }
-    eprintln!("stdlib: {launches} launches, {barriers} barriers in one-block kernels");
+    eprintln!(
+        "stdlib: {launches} launches, {barriers} barriers and {combines} block combines in one-block kernels"
+    );
     // before one-launch merging and register batch values (aa6c2b7, 31 objectives then, 32
-    // with rover now): 213 launches, 695
+    // with rover now): 213 launches, 695 barriers; before multi-value combines: 236 combines
     assert!(
-        launches <= 175 && barriers <= 130,
-        "{launches} launches, {barriers} barriers"
+        launches <= 175 && barriers <= 130 && combines <= 86,
+        "{launches} launches, {barriers} barriers, {combines} block combines"
     );
     // grpo's first kernel: group mean → centred reward → group std → normalized advantage
     let p = program(&compile("grpo"), TokLayout::Packed, StorageType::F32, false);

@@ -92,15 +92,21 @@ pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
     // batch values every thread holds (kernel-scope locals `e<n>`)
     let mut known: Vec<Handle<Expr>> = Vec::new();
     let segs = segments(p, &k.nodes);
-    for (i, seg) in segs.iter().enumerate() {
-        match place(p, seg[0]) {
+    for (i, (place, seg)) in segs.iter().enumerate() {
+        match *place {
             Place::Uniform => write_uniform(p, w, seg, &mut known)?,
             Place::Elem(level) => write_run(p, w, seg, level, &mut known)?,
             Place::Alone => write_stmt(p, w, seg[0], &known)?,
         }
         // what a run or a statement stored, other threads read after the barrier (none is
-        // needed at the end: the next kernel starts after this one)
-        if place(p, seg[0]) != Place::Uniform && i + 1 < segs.len() {
+        // needed at the end: the next kernel starts after this one, nor after a loop that
+        // only folded batch reductions: their results are in every thread's registers)
+        let stores = match *place {
+            Place::Uniform => false,
+            Place::Elem(_) => seg.iter().any(|&h| self::place(p, h) == *place),
+            Place::Alone => true,
+        };
+        if stores && i + 1 < segs.len() {
             w.line("__syncthreads();");
         }
     }
@@ -117,7 +123,7 @@ pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
 /// that level's values its loop can fold. Arena order alone interleaves
 /// levels, and every loop and barrier costs run time (a global round trip) and ptxas time
 /// (grpo's first small kernel: 24 barriers in arena order, 7 now).
-fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
+fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<(Place, Vec<Handle<Expr>>)> {
     let here: HashSet<Handle<Expr>> = nodes.iter().copied().collect();
     // per node, its operands that are statements of this kernel
     let deps: HashMap<Handle<Expr>, Vec<Handle<Expr>>> = nodes
@@ -145,17 +151,26 @@ fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
         });
         let Some(first) = uniform.or_else(|| pending.iter().position(|&h| ready(h, &done))) else {
             // cannot happen for an acyclic kernel; keep arena order rather than loop forever
-            out.extend(pending.drain(..).map(|h| vec![h]));
+            out.extend(pending.drain(..).map(|h| (places[&h], vec![h])));
             break;
         };
         let head = pending.remove(first);
-        done.insert(head);
         let mut seg = vec![head];
-        let place = places[&head];
+        // a batch reduction of seq or group values opens a loop over that level, which the
+        // other ready reductions and per-element nodes of the level join
+        let place = [Level::Seq, Level::Group]
+            .into_iter()
+            .find(|&l| carried_by(p, head, l))
+            .map_or(places[&head], Place::Elem);
+        let mut carried = Vec::new();
+        if place == places[&head] {
+            done.insert(head);
+        } else {
+            carried.push(head);
+        }
         if let Place::Elem(level) = place {
             // batch reductions of this level's values fold in the run's loop; their values
             // exist after it, so nothing in the run may read them
-            let mut carried = Vec::new();
             while let Some(i) = pending
                 .iter()
                 .position(|&x| (places[&x] == place || carried_by(p, x, level)) && ready(x, &done))
@@ -168,9 +183,9 @@ fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<Vec<Handle<Expr>>> {
                 }
                 seg.push(x);
             }
-            done.extend(carried);
         }
-        out.push(seg);
+        done.extend(carried);
+        out.push((place, seg));
     }
     out
 }
@@ -252,7 +267,7 @@ fn write_run(
         }
     }
     level_loop_lines(p, w, level, &body, &tails);
-    for (h, op) in carried {
+    if let [(h, op)] = carried[..] {
         let n = h.index();
         w.line(&format!(
             "float e{n};  // reduce -> batch{}",
@@ -263,10 +278,71 @@ fn write_run(
         block_combine(w, op);
         w.line(&format!("e{n} = {};", fin_value(op)));
         w.close("}");
+    } else if !carried.is_empty() {
+        // every accumulator (and the counts max/min need) combined over the block at once:
+        // one round of barriers, the same order of operations as one at a time
+        // arrays named after the first value: several runs share the kernel's scope
+        let id = carried.first().map_or(0, |(h, _)| h.index());
+        let (mut vals, mut ops) = (Vec::new(), Vec::new());
+        for &(h, op) in &carried {
+            vals.push(format!("acc{}", h.index()));
+            ops.push(reduce_code(op));
+            if op != ReduceOp::Sum {
+                vals.push(format!("n{}", h.index()));
+                ops.push(reduce_code(ReduceOp::Sum));
+            }
+        }
+        w.line(&format!(
+            "float rv{id}[{}] = {{{}}};",
+            vals.len(),
+            vals.join(", ")
+        ));
+        w.line(&format!(
+            "const unsigned char ro{id}[{}] = {{{}}};",
+            ops.len(),
+            ops.join(", ")
+        ));
+        // RLO_REDUCE_N_MAX values a call
+        for c in (0..vals.len()).step_by(REDUCE_N_MAX) {
+            let k = REDUCE_N_MAX.min(vals.len() - c);
+            w.line(&format!(
+                "rlo_block_reduce_n(rv{id} + {c}, ro{id} + {c}, {k});"
+            ));
+        }
+        let mut j = 0;
+        for &(h, op) in &carried {
+            let n = h.index();
+            let fin = match op {
+                ReduceOp::Sum => format!("rv{id}[{j}]"),
+                ReduceOp::Max | ReduceOp::Min => {
+                    format!("(rv{id}[{}] > 0.0f ? rv{id}[{j}] : 0.0f)", j + 1)
+                }
+            };
+            j += if op == ReduceOp::Sum { 1 } else { 2 };
+            w.line(&format!(
+                "const float e{n} = {fin};  // reduce -> batch{}",
+                span_comment(p, h)
+            ));
+        }
+    }
+    for &(h, _) in &carried {
+        let n = h.index();
         w.line(&format!("if (threadIdx.x == 0) {{ ctx.v{n}[0] = e{n}; }}"));
         known.push(h);
     }
     Ok(())
+}
+
+/// `RLO_REDUCE_N_MAX` of `rlo_common.cuh`: values one `rlo_block_reduce_n` call combines.
+const REDUCE_N_MAX: usize = 64;
+
+/// The operation code of `rlo_block_reduce_n`.
+fn reduce_code(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum => "0",
+        ReduceOp::Max => "1",
+        ReduceOp::Min => "2",
+    }
 }
 
 /// A reduction folded by the thread that owns its unit, as run body lines defining `e<n>`.
