@@ -31,11 +31,16 @@ python3 bench/summarize.py bench/out/rlo.jsonl bench/out/torch.jsonl | tee bench
 "$BIN" --stdlib stdlib --iters "$ITERS" --objectives gspo,gmpo,ppo,grpo --shapes 4096x8192 \
     --dtypes f32 --variants plain,fused | tee bench/out/fusion.jsonl
 python3 bench/summarize.py bench/out/fusion.jsonl | tee bench/out/fusion.txt
-# NVRTC with --Ofast-compile=max: cold compile about 3x faster here (CPU-only measurement);
+# NVRTC with --Ofast-compile=max: cold compile about 1.7x faster here (CPU-only measurement);
 # what it costs the kernels is this run's `rlo ms` against the first table's.
 RLO_NVRTC_FAST_COMPILE=1 "$BIN" --stdlib stdlib --iters "$ITERS" --objectives grpo,dapo,gspo \
     --shapes 1024x4096,4096x8192 --dtypes f32 | tee bench/out/fastcompile.jsonl
 python3 bench/summarize.py bench/out/fastcompile.jsonl | tee bench/out/fastcompile.txt
+# Cold compile as one NVRTC program (the default splits the kernels into one program per core,
+# at most 8, compiled at once): the `cold ms` column against the first table's.
+RLO_NVRTC_THREADS=1 "$BIN" --stdlib stdlib --iters 2 --objectives grpo,dapo,gspo \
+    --shapes 1024x4096 --dtypes f32 | tee bench/out/onethread.jsonl
+python3 bench/summarize.py bench/out/onethread.jsonl | tee bench/out/onethread.txt
 # Block size of the per-sequence kernels (fused ones have 1024 threads; the cap lowers it).
 for t in 128 256 512; do
     echo "RLO_CUDA_PASS_THREADS=$t"
