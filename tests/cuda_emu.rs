@@ -619,6 +619,41 @@ objective pd(gamma: f32 = 0.99) {
     source_matches_interpreter("pd.rlo", text, &small_or_wide_batch);
 }
 
+/// A loop carrying more batch reductions than one `rlo_block_reduce_n` call takes (64 values):
+/// 40 max reductions (a value and a count each) and 10 sums of one sequence loop, combined in
+/// two calls; groups of one and empty sequences in the batches.
+#[test]
+fn many_batch_reductions_in_one_loop() {
+    if !emulator_or_skip("many batch reductions") {
+        return;
+    }
+    let mut text = String::from("objective many() {\n    input logp: tok diff\n    input r: seq\n");
+    text.push_str("    loss batch_sum(logp * r) / max(num_tokens, 1)\n");
+    for i in 0..40 {
+        text.push_str(&format!(
+            "    metric mx{i} = batch_max(r * {i} + seq_len)\n"
+        ));
+    }
+    for i in 0..10 {
+        text.push_str(&format!("    metric sm{i} = batch_sum(r - {i})\n"));
+    }
+    text.push_str("}\n");
+    let c = rlo_compiler::compile("many.rlo", &text, &rlo_compiler::Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    let p = emit(
+        &c.module,
+        &c.schedule,
+        &opts(TokLayout::Packed, StorageType::F32),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        p.source.matches("rlo_block_reduce_n(").count() >= 2,
+        "expected the 90 values in two or more calls:\n{}",
+        p.source
+    );
+    source_matches_interpreter("many.rlo", &text, &small_or_wide_batch);
+}
+
 /// The thread orders catch a race on shared memory inside a helper (which neither the stale
 /// workspace nor the canaries can see): reinforce_pp's token returns through a block scan with
 /// one barrier removed, in blocks of two warps, on sequences longer than a block.
