@@ -118,11 +118,11 @@ pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
 /// The statements of a one-block kernel in segments: batch values every thread computes, a run
 /// of per-element nodes of one level, or a statement alone. A greedy topological order: ready
 /// batch values first (they cost no barrier), else a new segment starts with the first ready
-/// node in arena order and, if it is per-element, takes every node of its level whose operands
-/// in this kernel are done (earlier segments or the run itself) and the batch reductions of
-/// that level's values its loop can fold. Arena order alone interleaves
-/// levels, and every loop and barrier costs run time (a global round trip) and ptxas time
-/// (grpo's first small kernel: 24 barriers in arena order, 7 now).
+/// node in arena order and, if it is per-element or a batch reduction of seq or group values,
+/// takes every node of that level whose operands in this kernel are done (earlier segments or
+/// the run itself) and the batch reductions of that level's values its loop can fold. Arena
+/// order alone interleaves levels, and every loop and barrier costs run time (a global round
+/// trip) and ptxas time (grpo's first small kernel: 25 barriers in arena order, 3 now).
 fn segments(p: &Plan, nodes: &[Handle<Expr>]) -> Vec<(Place, Vec<Handle<Expr>>)> {
     let here: HashSet<Handle<Expr>> = nodes.iter().copied().collect();
     // per node, its operands that are statements of this kernel
