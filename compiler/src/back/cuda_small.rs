@@ -57,31 +57,24 @@ fn place(p: &Plan, h: Handle<Expr>) -> Place {
             Place::Alone
         }
     };
-    match m.exprs[h] {
-        Expr::Reduce { to, .. } if matches!(p.role[h], Role::Acc { .. }) => {
+    if let Expr::Reduce { arg, to, .. } = m.exprs[h] {
+        return if matches!(p.role[h], Role::Acc { .. }) {
             unit(to, to == Level::Group)
-        }
-        Expr::Reduce {
-            to: Level::Turn, ..
-        } => Place::Alone,
-        Expr::Reduce { to, .. } if closed_form(p, h) => unit(to, to != Level::Batch),
-        Expr::Reduce { arg, to, .. } => unit(to, serial_unit(m.level(arg), to)),
-        Expr::Quantile { arg, to, .. } if !serial_unit(m.level(arg), to) => unit(to, false),
-        Expr::Quantile { .. }
-        | Expr::Const(_)
-        | Expr::Bool(_)
-        | Expr::Param(_)
-        | Expr::Input(_)
-        | Expr::Index(_)
-        | Expr::Unary { .. }
-        | Expr::Binary { .. }
-        | Expr::Select { .. }
-        | Expr::Broadcast { .. }
-        | Expr::Scan { .. }
-        | Expr::Rank { .. }
-        | Expr::PosReduce { .. }
-        | Expr::Detach { .. } => Place::Alone,
+        } else if to == Level::Turn {
+            Place::Alone
+        } else if closed_form(p, h) {
+            unit(to, to != Level::Batch)
+        } else {
+            unit(to, serial_unit(m.level(arg), to))
+        };
     }
+    if let Expr::Quantile { arg, to, .. } = m.exprs[h] {
+        if !serial_unit(m.level(arg), to) {
+            return unit(to, false);
+        }
+    }
+    // token-walking quantiles, scans, ranks, ...: a statement of its own
+    Place::Alone
 }
 
 pub(super) fn write_single(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
@@ -246,13 +239,9 @@ fn write_run(
         if fusable(p, h) {
             let e = rhs(p, &locals, h, level)?;
             body.push(format!("const {} e{n} = {e};{sc}", c_ty(p, h)));
-        } else if let (true, Expr::Reduce { op, arg, .. }) = (closed_form(p, h), &p.m.exprs[h]) {
-            if level == Level::Seq {
-                let v = closed_per_seq(p, h, *op, *arg, &locals)?;
-                body.push(format!("const float e{n} = {v};{sc}"));
-            } else {
-                body.extend(serial_fold(p, h, &locals)?);
-            }
+        } else if level == Level::Seq && closed_form(p, h) {
+            let v = closed_per_seq(p, h, &locals)?;
+            body.push(format!("const float e{n} = {v};{sc}"));
         } else {
             body.extend(serial_fold(p, h, &locals)?);
         }
@@ -379,41 +368,26 @@ fn write_uniform(
     for &h in seg {
         let n = h.index();
         let sc = span_comment(p, h);
-        match p.m.exprs[h] {
-            Expr::Quantile { arg, q, filter, .. } => {
-                w.line(&format!("float e{n};  // quantile -> batch{sc}"));
-                w.open("{");
-                let each = quantile_each(p, arg, filter, Level::Batch, known, true)?;
-                w.line(&each);
-                let qv = val(p, known, q, Level::Batch)?;
-                w.line(&format!("e{n} = rlo_block_quantile(each, {qv});"));
-                w.close("}");
-            }
-            Expr::Reduce { .. } => {
-                let f = fold_of(p, h, known, true)?;
-                w.line(&format!("float e{n};  // reduce -> batch{sc}"));
-                w.open("{");
-                write_fold(w, &f);
-                block_combine(w, f.op);
-                w.line(&format!("e{n} = {};", fin_value(f.op)));
-                w.close("}");
-            }
-            Expr::Const(_)
-            | Expr::Bool(_)
-            | Expr::Param(_)
-            | Expr::Input(_)
-            | Expr::Index(_)
-            | Expr::Unary { .. }
-            | Expr::Binary { .. }
-            | Expr::Select { .. }
-            | Expr::Broadcast { .. }
-            | Expr::Scan { .. }
-            | Expr::Rank { .. }
-            | Expr::PosReduce { .. }
-            | Expr::Detach { .. } => {
-                let e = rhs(p, known, h, Level::Batch)?;
-                w.line(&format!("const {} e{n} = {e};{sc}", c_ty(p, h)));
-            }
+        if let Expr::Quantile { arg, q, filter, .. } = p.m.exprs[h] {
+            w.line(&format!("float e{n};  // quantile -> batch{sc}"));
+            w.open("{");
+            let each = quantile_each(p, arg, filter, Level::Batch, known, true)?;
+            w.line(&each);
+            let qv = val(p, known, q, Level::Batch)?;
+            w.line(&format!("e{n} = rlo_block_quantile(each, {qv});"));
+            w.close("}");
+        } else if let Expr::Reduce { .. } = p.m.exprs[h] {
+            let f = fold_of(p, h, known, true)?;
+            w.line(&format!("float e{n};  // reduce -> batch{sc}"));
+            w.open("{");
+            write_fold(w, &f);
+            block_combine(w, f.op);
+            w.line(&format!("e{n} = {};", fin_value(f.op)));
+            w.close("}");
+        } else {
+            // elementwise
+            let e = rhs(p, known, h, Level::Batch)?;
+            w.line(&format!("const {} e{n} = {e};{sc}", c_ty(p, h)));
         }
         w.line(&format!(
             "if (threadIdx.x == 0) {{ ctx.v{n}[0] = {}; }}",
@@ -469,7 +443,7 @@ fn fold_of(p: &Plan, h: Handle<Expr>, known: &[Handle<Expr>], strided: bool) -> 
         // per sequence in closed form, folded over the unit's sequences
         let (loops, scopes) = levels(Level::Seq)?;
         let value = match op {
-            ReduceOp::Sum => closed_per_seq(p, h, op, arg, known)?,
+            ReduceOp::Sum => closed_per_seq(p, h, known)?,
             ReduceOp::Max | ReduceOp::Min => val(p, known, arg, Level::Seq)?,
         };
         let mut body = format!("{} n += 1.0f;", reduce_fold(op, "acc", &value));
@@ -509,17 +483,12 @@ fn live_seq(p: &Plan, filter: Option<Handle<Expr>>, known: &[Handle<Expr>]) -> R
 }
 
 /// A closed-form token reduction's value for sequence `s`.
-fn closed_per_seq(
-    p: &Plan,
-    h: Handle<Expr>,
-    op: ReduceOp,
-    arg: Handle<Expr>,
-    known: &[Handle<Expr>],
-) -> R<String> {
-    let filter = if let Expr::Reduce { filter, .. } = p.m.exprs[h] {
-        filter
-    } else {
-        None
+fn closed_per_seq(p: &Plan, h: Handle<Expr>, known: &[Handle<Expr>]) -> R<String> {
+    let Expr::Reduce {
+        op, arg, filter, ..
+    } = p.m.exprs[h]
+    else {
+        return Err(err(p.m, h, "internal: a closed form of a non-reduction"));
     };
     let c = val(p, known, arg, Level::Seq)?;
     let live = live_seq(p, filter, known)?;
