@@ -440,13 +440,7 @@ impl CudaDevice {
         let mut compiled_now = false;
         for (&i, (cubin, cached)) in missing.iter().zip(cubins) {
             compiled_now |= !cached;
-            let module = self.ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| {
-                RuntimeError::Cuda(format!("loading the cubin of `{}`: {e:?}", p.ident))
-            })?;
-            if let Ok(mut map) = self.modules.write() {
-                map.insert(keys[i], module.clone());
-            }
-            modules[i] = Some(module);
+            modules[i] = Some(self.load_cubin(keys[i], cubin, &p.ident)?);
         }
         let mut functions = HashMap::new();
         for ((names, _), module) in units.iter().zip(&modules) {
@@ -479,6 +473,16 @@ impl CudaDevice {
             }
         }
         let (cubin, cached) = compile_cubin_cached(src, self.arch, name)?;
+        Ok((self.load_cubin(key, cubin, name)?, !cached))
+    }
+
+    /// Loads a cubin into the context and keeps the module in memory under `key`.
+    fn load_cubin(
+        &self,
+        key: u64,
+        cubin: Vec<u8>,
+        name: &str,
+    ) -> Result<Arc<CudaModule>, RuntimeError> {
         let module = self
             .ctx
             .load_module(Ptx::from_binary(cubin))
@@ -486,10 +490,10 @@ impl CudaDevice {
         if let Ok(mut map) = self.modules.write() {
             map.insert(key, module.clone());
         }
-        Ok((module, !cached))
+        Ok(module)
     }
 
-    /// Drops the in-memory modules (the next [`CudaDevice::module`] reads the cubin cache).
+    /// Drops the in-memory modules (the next [`CudaDevice::kernels`] reads the cubin cache).
     pub fn clear_modules(&self) {
         if let Ok(mut map) = self.modules.write() {
             map.clear();
