@@ -318,7 +318,7 @@ fn random_programs_match_the_interpreter() {
         .unwrap_or(240);
     let mut mods = Vec::new();
     let mut programs = Vec::new();
-    let (mut fused, mut recomputed, mut gathered) = (0usize, 0usize, 0usize);
+    let (mut fused, mut recomputed, mut gathered, mut inline) = (0usize, 0usize, 0usize, 0usize);
     // the first `n` seeds, then seeds whose program fuses passes (rare among random programs:
     // ≈ 1.5%) until `n / 6` more are found, so fusion gets as many cases as a stdlib
     let want_fused = n as usize / 6;
@@ -368,16 +368,23 @@ fn random_programs_match_the_interpreter() {
         recomputed += usize::from(p.source.contains("/* recomputed */"));
         // seq_next / seq_prev computed per token at the neighbour (`gather_expr`)
         gathered += usize::from(p.source.contains("? [&](long long t) -> float {"));
+        // scans whose load recomputes the argument (`Plan::scan_inline`)
+        inline += usize::from(p.source.contains(
+            "RLO_LEN(s), [&](long long t) -> float { const long long i = RLO_TOK(s, t); const ",
+        ));
         programs.push(p);
         mods.push((m, s, rng));
     }
     eprintln!(
-        "random programs: {} ({fused} with fused passes, searched {seed} seeds), {recomputed} recompute token values, {gathered} gather a shift",
+        "random programs: {} ({fused} with fused passes, searched {seed} seeds), {recomputed} recompute token values, {gathered} gather a shift, {inline} recompute a scan's argument",
         programs.len()
     );
     assert!(
-        fused >= want_fused && recomputed * 20 >= n as usize && gathered * 50 >= n as usize,
-        "too few programs exercise fusion ({fused}), recomputation ({recomputed}) or shift gathers ({gathered})"
+        fused >= want_fused
+            && recomputed * 20 >= n as usize
+            && gathered * 50 >= n as usize
+            && inline * 50 >= n as usize,
+        "too few programs exercise fusion ({fused}), recomputation ({recomputed}), shift gathers ({gathered}) or inline scans ({inline})"
     );
     let per_lib = 60;
     let (libs, gpp) = build_all(&programs, per_lib);

@@ -276,3 +276,28 @@ fn one_block_kernels_are_few_and_short() {
         .count();
     assert!(n <= 3, "grpo's first small kernel has {n} barriers");
 }
+
+/// A scan whose argument is an elementwise function of inputs and finished values recomputes it
+/// in its load (`Plan::scan_inline`) instead of a sweep storing it first: GAE's δ_t (ppo) and
+/// REINFORCE++'s last-token reward are no longer written and read back (4 + 4 B/token).
+#[test]
+fn scan_arguments_are_recomputed_in_the_load() {
+    for (name, want) in [("ppo", 1.6), ("reinforce_pp", 1.8)] {
+        let c = compile(name);
+        let fused = program(&c, TokLayout::Padded, StorageType::F32, false);
+        let plain = program(&c, TokLayout::Padded, StorageType::F32, true);
+        let (t, tp) = (&fused.traffic, &plain.traffic);
+        assert!(
+            t.written() + 4 <= tp.written() && t.ratio() <= want + 1e-9,
+            "{name}: {} (plain: {})",
+            t.summary(),
+            tp.summary()
+        );
+        assert!(
+            fused.source.contains(
+                "RLO_LEN(s), [&](long long t) -> float { const long long i = RLO_TOK(s, t); const "
+            ),
+            "{name}: no scan recomputes its argument"
+        );
+    }
+}

@@ -377,6 +377,12 @@ fn random_step(
             } else {
                 x
             };
+            // often an elementwise argument (a scan's load may recompute it)
+            let x = if rng.random_bool(0.5) {
+                b.unary(UnaryOp::Tanh, x)
+            } else {
+                x
+            };
             let ops = [
                 ScanOp::CumSum,
                 ScanOp::RevCumSum,

@@ -181,7 +181,6 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
     }
     let entropy = pad_tok(&mut rng, &mut |r| r.range(0.05, 3.0));
     let value = pad_tok(&mut rng, &mut |r| r.range(-1.0, 1.0));
-    let next_value = pad_tok(&mut rng, &mut |r| r.range(-1.0, 1.0));
     let adv = pad_tok(&mut rng, &mut |r| r.range(-2.0, 2.0));
 
     // Rewards: binary for even seeds, quarter steps (with ties) for odd; one all-equal group.
@@ -267,7 +266,6 @@ pub fn generate(seed: u64, shape: Shape) -> Pad {
         ("rollout_logp", rollout_logp),
         ("entropy", entropy),
         ("value", value),
-        ("next_value", next_value),
         ("old_value", old_value),
         ("adv", adv),
     ] {

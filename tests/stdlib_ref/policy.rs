@@ -176,7 +176,7 @@ fn gspo_token(x: &Ctx) -> Out {
 fn ppo(x: &Ctx) -> Out {
     let b = x.b;
     let (lp, old) = (x.tok("logp"), x.tokv("old_logp"));
-    let (v, nv, r) = (x.tokv("value"), x.tokv("next_value"), x.seq("reward"));
+    let (v, r) = (x.tokv("value"), x.seq("reward"));
     let (g, lam) = (x.p("gamma"), x.p("lam"));
     // GAE by a reverse loop, then whitening over all tokens (unbiased var, +1e-8).
     let mut a: Vec<Vec<f64>> = Vec::new();
@@ -186,7 +186,9 @@ fn ppo(x: &Ctx) -> Out {
         let mut next = 0.0;
         for t in (0..n).rev() {
             let rt = if t == n - 1 { r[i] } else { 0.0 };
-            next = rt + g * nv[i][t] - v[i][t] + g * lam * next;
+            // V_{t+1}: 0 after the last token
+            let nv = if t + 1 < n { v[i][t + 1] } else { 0.0 };
+            next = rt + g * nv - v[i][t] + g * lam * next;
             ai[t] = next;
         }
         a.push(ai);

@@ -102,7 +102,8 @@ pub struct CudaOptions {
     pub sources: Option<SourceMap>,
     /// Keep every token pass in its own kernel (see `cuda_fuse.rs`; for comparisons).
     pub disable_fusion: bool,
-    /// Store every token value a later kernel reads instead of recomputing it (for comparisons).
+    /// Store every token value a later kernel reads instead of recomputing it, and a scan's
+    /// argument instead of recomputing it in the scan's load (for comparisons).
     pub disable_remat: bool,
     /// Rank token values over the batch, and take batch quantiles of them, in one-block kernels
     /// (an O(n²) loop; 64 sweeps) instead of the multi-block radix sort and select (see
@@ -404,6 +405,9 @@ pub(crate) struct Plan<'a> {
     /// `seq_next` / `seq_prev` of a token pass computed per token as a gather: the argument's
     /// cone recomputed at the neighbouring token ([`gather_cone`]), no scan, no store, no sweep.
     pub gather: HandleVec<Expr, bool>,
+    /// Token scans of a pass whose argument the scan's load recomputes at each token (an
+    /// elementwise cone, [`scan_cone`]): the argument is neither stored nor needs a sweep first.
+    pub scan_inline: HandleVec<Expr, bool>,
 }
 
 pub(crate) fn err(m: &Module, h: Handle<Expr>, msg: impl Into<String>) -> BackendError {
@@ -626,6 +630,7 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         remat: HandleVec::new(n, false),
         early: HandleVec::new(n, false),
         gather: HandleVec::new(n, false),
+        scan_inline: HandleVec::new(n, false),
         kernels,
     };
     check::check_and_mark(&mut p)?;

@@ -33,10 +33,25 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
         match p.role[h] {
             Role::None => {}
             Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
-                if matches!(p.role[h], Role::Tok { .. }) && gather_cone(p, h, kernel).is_some() {
-                    // recomputed at the neighbour: reads no stored operand, needs no sweep
-                    p.gather[h] = true;
+                if matches!(p.role[h], Role::Tok { .. }) {
+                    if let Some(cone) = gather_cone(p, h, kernel) {
+                        // recomputed at the neighbour: reads no stored operand, needs no sweep
+                        p.gather[h] = true;
+                        store_cone_reads(p, &cone, kernel);
+                    } else if let Some(cone) =
+                        scan_cone(p, h, kernel).filter(|_| !p.opts.disable_remat)
+                    {
+                        // the scan's load recomputes its argument at each token
+                        p.scan_inline[h] = true;
+                        store_cone_reads(p, &cone, kernel);
+                    }
                 }
+                // the argument of an inline scan: not an operand read from this pass
+                let inline_arg = if let (true, Expr::Scan { arg, .. }) = (p.scan_inline[h], e) {
+                    Some(p.canon[*arg])
+                } else {
+                    None
+                };
                 let is_scan = matches!(e, Expr::Scan { .. }) && !p.gather[h]
                     || matches!(
                         e,
@@ -55,6 +70,9 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                 let mut sweep = base;
                 let mut body_op = false;
                 for &o in &ops {
+                    if Some(o) == inline_arg {
+                        continue;
+                    }
                     match p.role[o] {
                         Role::None => {}
                         Role::Tok {
@@ -222,6 +240,9 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
         );
         for o in e.operands() {
             let o = p.canon[o];
+            if matches!(*e, Expr::Scan { arg, .. } if p.scan_inline[h] && p.canon[arg] == o) {
+                continue;
+            }
             if let Role::Tok { kernel, sweep } = p.role[o] {
                 if kernel == kh && sweep < sh {
                     if scan_like {
@@ -294,25 +315,85 @@ fn add_prologue(
 }
 
 /// For a `seq_next` / `seq_prev` of token values in kernel `k`: the nodes to recompute at the
-/// neighbouring token, operands first, when its argument is an elementwise function of inputs,
-/// structural indices, constants and values finished by earlier kernels (at most
-/// `REMAT_MAX_NODES` nodes). `None`: it runs as a scan (argument stored, a sweep later).
+/// neighbouring token, operands first ([`recompute_cone`]). `None`: it runs as a scan
+/// (argument stored, a sweep later).
 pub(crate) fn gather_cone(p: &Plan, h: Handle<Expr>, k: usize) -> Option<Vec<Handle<Expr>>> {
-    let m = p.m;
     let Expr::Scan {
         op: ScanOp::Next | ScanOp::Prev,
         arg,
         ..
+    } = p.m.exprs[h]
+    else {
+        return None;
+    };
+    recompute_cone(p, arg, k)
+}
+
+/// For a cumulative or discounted token scan in kernel `k` whose discount is not a token value
+/// of a pass: the nodes its load recomputes at each token, operands first ([`recompute_cone`]).
+/// `None`: the argument is stored by the sweep before the scan (GAE's δ_t used to be: 4 bytes
+/// written and read back per token).
+pub(crate) fn scan_cone(p: &Plan, h: Handle<Expr>, k: usize) -> Option<Vec<Handle<Expr>>> {
+    let m = p.m;
+    let Expr::Scan {
+        op:
+            ScanOp::CumSum | ScanOp::RevCumSum | ScanOp::DiscountedRevCumSum | ScanOp::DiscountedCumSum,
+        arg,
+        discount,
     } = m.exprs[h]
     else {
         return None;
     };
+    if let Some(d) = discount {
+        let d = p.canon[d];
+        if m.level(d) == Level::Tok && !is_inline(&m.exprs[d]) {
+            return None;
+        }
+    }
+    recompute_cone(p, arg, k)
+}
+
+/// Marks the coarse values a recomputed cone reads as stored (the nodes of the cone may belong
+/// to an earlier pass, which read them where they were).
+fn store_cone_reads(p: &mut Plan, cone: &[Handle<Expr>], k: usize) {
+    let m = p.m;
+    for &c in cone {
+        if let Some(inner) = gather_cone(p, c, k) {
+            store_cone_reads(p, &inner, k);
+            continue;
+        }
+        for o in m.exprs[c].operands() {
+            let o = p.canon[o];
+            if m.level(o) > Level::Tok && !is_inline(&m.exprs[o]) && p.role[o] != Role::None {
+                p.stored[o] = true;
+            }
+        }
+    }
+}
+
+/// The nodes that recompute token value `arg` for kernel `k` at any token, operands first: its
+/// cone when that is an elementwise function of inputs, structural indices, constants and
+/// values finished by earlier kernels (at most `REMAT_MAX_NODES` nodes).
+fn recompute_cone(p: &Plan, arg: Handle<Expr>, k: usize) -> Option<Vec<Handle<Expr>>> {
+    cone_within(p, arg, k, REMAT_MAX_NODES).map(|(order, _)| order)
+}
+
+/// [`recompute_cone`] within `budget` nodes (the nodes of nested gathers count too, which also
+/// bounds their nesting): the order and the nodes used.
+fn cone_within(
+    p: &Plan,
+    arg: Handle<Expr>,
+    k: usize,
+    budget: usize,
+) -> Option<(Vec<Handle<Expr>>, usize)> {
+    let m = p.m;
     if m.level(arg) != Level::Tok {
         return None;
     }
     // depth-first, operands before users
     let mut order: Vec<Handle<Expr>> = Vec::new();
     let mut seen: Vec<Handle<Expr>> = Vec::new();
+    let mut used = 0;
     let mut stack = vec![(p.canon[arg], false)];
     while let Some((x, expanded)) = stack.pop() {
         if !expanded && seen.contains(&x) {
@@ -329,21 +410,33 @@ pub(crate) fn gather_cone(p: &Plan, h: Handle<Expr>, k: usize) -> Option<Vec<Han
             }
             continue;
         }
-        if !elementwise(e) {
-            return None;
-        }
         if expanded {
             order.push(x);
             continue;
         }
         seen.push(x);
-        if seen.len() > REMAT_MAX_NODES {
+        used += 1;
+        if used > budget {
             return None;
         }
         stack.push((x, true));
+        if let Expr::Scan {
+            op: ScanOp::Next | ScanOp::Prev,
+            arg: a,
+            ..
+        } = *e
+        {
+            // a shift inside the cone: a gather of its own (its cone at the neighbour)
+            let (_, n) = cone_within(p, a, k, budget - used)?;
+            used += n;
+            continue;
+        }
+        if !elementwise(e) {
+            return None;
+        }
         for o in e.operands() {
             stack.push((p.canon[o], false));
         }
     }
-    Some(order)
+    Some((order, used))
 }

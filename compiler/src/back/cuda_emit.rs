@@ -720,8 +720,7 @@ fn open_single(p: &Plan, w: &mut W, name: &str) {
 }
 
 /// A `seq_next` / `seq_prev` as a gather (`Plan::gather`): the argument's cone recomputed at the
-/// neighbouring token `u` by a lambda (its own `t`, `i`; only the batch, group and sequence
-/// values of `locals`: the token ones are this token's), 0 past the sequence's ends.
+/// neighbouring token `u`, 0 past the sequence's ends.
 fn gather_expr(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, k: usize) -> R<String> {
     let m = p.m;
     let (Some(cone), Expr::Scan { op, arg, .. }) =
@@ -729,18 +728,7 @@ fn gather_expr(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, k: usize) -> 
     else {
         return Err(err(m, h, "internal: not a gather"));
     };
-    let mut inner: Vec<Handle<Expr>> = locals
-        .iter()
-        .copied()
-        .filter(|&x| m.level(x) > Level::Tok)
-        .collect();
-    let mut body = String::new();
-    for c in cone {
-        let e = rhs(p, &inner, c, Level::Tok)?;
-        body.push_str(&format!("const {} e{} = {e}; ", c_ty(p, c), c.index()));
-        inner.push(c);
-    }
-    let x = val(p, &inner, *arg, Level::Tok)?;
+    let f = cone_lambda(p, locals, &cone, *arg, k)?;
     let (u, live) = match op {
         ScanOp::Next => ("t + 1", "t + 1 < len"),
         ScanOp::Prev => ("t - 1", "t > 0"),
@@ -749,7 +737,38 @@ fn gather_expr(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, k: usize) -> 
         | ScanOp::DiscountedRevCumSum
         | ScanOp::DiscountedCumSum => return Err(err(m, h, "internal: not a shift")),
     };
+    Ok(format!("({live} ? {f}({u}) : 0.0f)"))
+}
+
+/// A lambda of a token position `t` of sequence `s` computing token value `arg` from its
+/// recompute cone (operands first; shifts in it gathered in turn), with its own `i`; of `locals`
+/// it uses only the batch, group and sequence values (the token ones are another token's).
+pub(super) fn cone_lambda(
+    p: &Plan,
+    locals: &[Handle<Expr>],
+    cone: &[Handle<Expr>],
+    arg: Handle<Expr>,
+    k: usize,
+) -> R<String> {
+    let m = p.m;
+    let mut inner: Vec<Handle<Expr>> = locals
+        .iter()
+        .copied()
+        .filter(|&x| m.level(x) > Level::Tok)
+        .collect();
+    let mut body = String::new();
+    for &c in cone {
+        // a shift inside the cone is a gather of its own
+        let e = if super::check::gather_cone(p, c, k).is_some() {
+            gather_expr(p, &inner, c, k)?
+        } else {
+            rhs(p, &inner, c, Level::Tok)?
+        };
+        body.push_str(&format!("const {} e{} = {e}; ", c_ty(p, c), c.index()));
+        inner.push(c);
+    }
+    let x = val(p, &inner, arg, Level::Tok)?;
     Ok(format!(
-        "({live} ? [&](long long t) -> float {{ const long long i = RLO_TOK(s, t); {body}return {x}; }}({u}) : 0.0f)"
+        "[&](long long t) -> float {{ const long long i = RLO_TOK(s, t); {body}return {x}; }}"
     ))
 }

@@ -397,13 +397,29 @@ pub(super) fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R
             span_comment(p, h)
         ));
     }
-    let x = val(p, locals, arg, Level::Tok)?;
+    // an inline scan recomputes its argument in the load (`Plan::scan_inline`)
+    let inline = match p.role[h] {
+        Role::Tok { kernel, .. } if p.scan_inline[h] => {
+            super::super::check::scan_cone(p, h, kernel).map(|c| (c, kernel))
+        }
+        Role::None
+        | Role::Tok { .. }
+        | Role::Acc { .. }
+        | Role::SeqLocal { .. }
+        | Role::Stmt { .. } => None,
+    };
+    let load = if let Some((cone, kernel)) = inline {
+        super::cone_lambda(p, locals, &cone, arg, kernel)?
+    } else {
+        let x = val(p, locals, arg, Level::Tok)?;
+        format!("[&](long long t) -> float {{ const long long i = RLO_TOK(s, t); return {x}; }}")
+    };
     let d = match discount {
         Some(d) => val(p, locals, d, Level::Tok)?,
         None => "0.0f".to_string(),
     };
     Ok(format!(
-        "rlo_seq_scan({kind}, RLO_LEN(s), [&](long long t) -> float {{ const long long i = RLO_TOK(s, t); return {x}; }}, [&](long long t) -> float {{ const long long i = RLO_TOK(s, t); (void)i; return {d}; }}, [&](long long t, float y) {{ ctx.v{}[RLO_TOK(s, t)] = y; }});{}",
+        "rlo_seq_scan({kind}, RLO_LEN(s), {load}, [&](long long t) -> float {{ const long long i = RLO_TOK(s, t); (void)i; return {d}; }}, [&](long long t, float y) {{ ctx.v{}[RLO_TOK(s, t)] = y; }});{}",
         h.index(),
         span_comment(p, h)
     ))
