@@ -626,6 +626,35 @@ objective pd(gamma: f32 = 0.99) {
     source_matches_interpreter("pd.rlo", text, &small_or_wide_batch);
 }
 
+/// Token work of later small stages as passes of their own (`fuse::token_work_passes`): a
+/// per-position group baseline of returns (a pass after the scan's), a position-weighted
+/// metric of a group advantage, a chain (a token value needing a token sum of the pass
+/// before), and a group rank that stays in its small kernel.
+#[test]
+fn small_stage_token_work_in_passes() {
+    if !emulator_or_skip("small-stage passes") {
+        return;
+    }
+    let text = "use std::adv::{grpo_adv, per_token}
+use std::agg::position_discount
+objective prm(eps: f32 = 0.2) {
+    input logp: tok diff
+    input old_logp: tok
+    input tok_reward: tok
+    input reward: seq
+    let ret = seq_revcumsum(tok_reward)
+    let adv = ret - group_pos_mean(ret)
+    let ratio = exp(logp - old_logp)
+    let w = position_discount(0.9) * per_token(grpo_adv(reward))
+    let w2 = w - batch_sum(w) / max(num_tokens, 1)
+    loss batch_mean(-min(ratio * adv, clamp(ratio, 1 - eps, 1 + eps) * adv) + logp * w2)
+    metric adv_mean = batch_mean(adv)
+    metric ranked = batch_sum(square(w2) * group_rank(reward))
+}
+";
+    source_matches_interpreter("prm.rlo", text, &small_or_wide_batch);
+}
+
 /// A loop carrying more batch reductions than one `rlo_block_reduce_n` call takes (64 values):
 /// 40 max reductions (a value and a count each) and 10 sums of one sequence loop, combined in
 /// two calls; groups of one and empty sequences in the batches.

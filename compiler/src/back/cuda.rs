@@ -433,9 +433,10 @@ pub(crate) fn is_inline(e: &Expr) -> bool {
 
 /// Generates the CUDA program of a scheduled module.
 pub fn emit(m: &Module, s: &Schedule, opts: &CudaOptions) -> Result<CudaProgram, BackendError> {
-    // structural token values (functions of `pos`) summed in the first small stage would make
-    // its one-block kernel walk every token: they run as a per-sequence pass of their own
-    match fuse::prologue_pass(m, s) {
+    // token values computed in a small stage (functions of `pos` and of finished values, their
+    // sums, per-position group reductions) would make its one-block kernel walk every token:
+    // they run as a per-sequence pass of their own
+    match fuse::token_work_passes(m, s) {
         Some(split) => emit_schedule(m, &split, opts),
         None => emit_schedule(m, s, opts),
     }

@@ -140,7 +140,8 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
                                     "reads a value computed later (schedule error)",
                                 ));
                             }
-                            if matches!(r, Role::Tok { .. }) && !is_scan {
+                            // ranks and per-position reductions read other tokens: stored
+                            if matches!(r, Role::Tok { .. }) && !is_scan && !needs_all {
                                 reads.push((o, kernel));
                             } else {
                                 p.stored[o] = true;

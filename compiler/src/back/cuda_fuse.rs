@@ -187,9 +187,12 @@ fn link(
         }
     };
     for &h in next {
+        // ranks and per-position reductions read other sequences' tokens: not of a sweep of
+        // the same kernel (another block's sequence may not be done)
+        let own_seq = !matches!(m.exprs[h], Expr::Rank { .. } | Expr::PosReduce { .. });
         for o in m.exprs[h].operands() {
             let o = canon[o];
-            if !classify(o, true)? && !want.contains(&o) {
+            if !classify(o, own_seq)? && !want.contains(&o) {
                 want.push(o);
             }
         }
@@ -400,14 +403,41 @@ pub(crate) fn add_passes(
     }
 }
 
-/// The schedule with its first small stage split as `[A, P, B]` when that stage has token work
-/// its one-block kernel would walk every token for (structural token values — functions of
-/// `pos` — and their reductions; not the closed-form sums of per-sequence constants): `P` a
-/// token pass with that work, `A` the small nodes it needs, `B` the rest. `None` when there is
-/// no such work, when it needs a value finished after it, or when the stage has ranks,
-/// quantiles or per-position reductions (which stay as they are).
-pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
-    let first = s.stages.first()?;
+/// The schedule with each small stage that has token work its one-block kernel would walk every
+/// token for split as `[A, P, B]` ([`split_small`]), and `B` again while it has such work (token
+/// values that need a token reduction of the pass before: one pass each); `None` when no stage
+/// has. A loop, not recursion: a chain of such values may be long.
+pub(crate) fn token_work_passes(m: &Module, s: &Schedule) -> Option<Schedule> {
+    let mut stages = Vec::new();
+    let mut changed = false;
+    for st in &s.stages {
+        let mut rest = st.clone();
+        let mut split = false;
+        while let Some([a, p, b]) = split_small(m, &rest) {
+            if !a.nodes.is_empty() {
+                stages.push(a);
+            }
+            stages.push(p);
+            rest = b;
+            split = true;
+        }
+        if !split || !rest.nodes.is_empty() {
+            stages.push(rest);
+        }
+        changed |= split;
+    }
+    changed.then_some(Schedule { stages })
+}
+
+/// A small stage split as `[A, P, B]` when it has token work its one-block kernel would walk
+/// every token for (structural token values — functions of `pos` or of values finished before
+/// the stage — their reductions, and per-position group reductions of values finished before;
+/// not the closed-form sums of per-sequence constants): `P` a token pass with that work, `A`
+/// the small nodes it needs (ranks and quantiles of coarse values included), `B` the rest: what
+/// reads a reduction of `P`, per-position reductions of `P`'s values, ranks and quantiles of
+/// token values (which stay in a one-block kernel) and what reads them. `None` when there is
+/// no such work.
+fn split_small(m: &Module, first: &Stage) -> Option<[Stage; 3]> {
     if first.kind != StageKind::Small {
         return None;
     }
@@ -438,26 +468,41 @@ pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
     let mut late = vec![false; n];
     for &h in &first.nodes {
         let e = &m.exprs[h];
-        if matches!(
-            e,
-            Expr::Rank { .. } | Expr::Quantile { .. } | Expr::PosReduce { .. }
-        ) {
-            return None;
-        }
+        // operands of this stage, through broadcasts and detaches a stage does not list
         let ops: Vec<Handle<Expr>> = e
             .operands()
             .into_iter()
+            .map(|mut o| {
+                while let (false, Expr::Broadcast { arg, .. } | Expr::Detach { arg }) =
+                    (in_stage[o.index()], &m.exprs[o])
+                {
+                    o = *arg;
+                }
+                o
+            })
             .filter(|o| in_stage[o.index()])
             .collect();
+        // a per-position reduction reads other sequences' tokens: in the pass only of values
+        // finished before it (inputs, earlier stages, A)
+        let cross = matches!(e, Expr::PosReduce { .. }) && ops.iter().any(|o| part[o.index()] != 0);
+        // ranks and quantiles of coarse values finished before the pass: small work for A
+        let coarse_order = matches!(e, Expr::Rank { arg, .. } | Expr::Quantile { arg, .. }
+            if held(*arg) > Level::Tok)
+            && ops.iter().all(|o| part[o.index()] == 0);
         let after_pass = ops.iter().any(|&o| late[o.index()]);
         (part[h.index()], late[h.index()]) = if alias(h) {
             ops.first()
                 .map_or((0, false), |o| (part[o.index()], late[o.index()]))
+        } else if coarse_order {
+            (0, false)
+        } else if matches!(e, Expr::Rank { .. } | Expr::Quantile { .. }) || cross {
+            (2, true)
         } else if tok_value(h) || tok_acc(h) {
             if after_pass {
-                return None;
+                (2, true)
+            } else {
+                (1, tok_acc(h))
             }
-            (1, tok_acc(h))
         } else if after_pass {
             (2, true)
         } else {
@@ -476,7 +521,7 @@ pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
     if !pass.iter().any(|&h| tok_value(h) || tok_acc(h)) {
         return None;
     }
-    let mut stages = vec![
+    Some([
         Stage {
             kind: StageKind::Small,
             nodes: pick(0),
@@ -489,9 +534,7 @@ pub(crate) fn prologue_pass(m: &Module, s: &Schedule) -> Option<Schedule> {
             kind: StageKind::Small,
             nodes: pick(2),
         },
-    ];
-    stages.extend(s.stages.iter().skip(1).cloned());
-    Some(Schedule { stages })
+    ])
 }
 
 /// The launches that rank token values over the batch for `rank` (a `Rank { within: Batch }` of
