@@ -629,7 +629,7 @@ objective pd(gamma: f32 = 0.99) {
 /// Token work of later small stages as passes of their own (`fuse::token_work_passes`): a
 /// per-position group baseline of returns (a pass after the scan's), a position-weighted
 /// metric of a group advantage, a chain (a token value needing a token sum of the pass
-/// before), and a group rank that stays in its small kernel.
+/// before), a group rank of sequence values (before the pass) and one of token values (in it).
 #[test]
 fn small_stage_token_work_in_passes() {
     if !emulator_or_skip("small-stage passes") {
@@ -647,7 +647,8 @@ objective prm(eps: f32 = 0.2) {
     let ratio = exp(logp - old_logp)
     let w = position_discount(0.9) * per_token(grpo_adv(reward))
     let w2 = w - batch_sum(w) / max(num_tokens, 1)
-    loss batch_mean(-min(ratio * adv, clamp(ratio, 1 - eps, 1 + eps) * adv) + logp * w2)
+    let rk = group_rank(tok_reward) / max(group_sum(seq_len), 1)
+    loss batch_mean(-min(ratio * adv, clamp(ratio, 1 - eps, 1 + eps) * adv) + logp * (w2 + rk))
     metric adv_mean = batch_mean(adv)
     metric ranked = batch_sum(square(w2) * group_rank(reward))
 }

@@ -431,12 +431,12 @@ pub(crate) fn token_work_passes(m: &Module, s: &Schedule) -> Option<Schedule> {
 
 /// A small stage split as `[A, P, B]` when it has token work its one-block kernel would walk
 /// every token for (structural token values — functions of `pos` or of values finished before
-/// the stage — their reductions, and per-position group reductions of values finished before;
-/// not the closed-form sums of per-sequence constants): `P` a token pass with that work, `A`
-/// the small nodes it needs (ranks and quantiles of coarse values included), `B` the rest: what
-/// reads a reduction of `P`, per-position reductions of `P`'s values, ranks and quantiles of
-/// token values (which stay in a one-block kernel) and what reads them. `None` when there is
-/// no such work.
+/// the stage — their reductions, per-position group reductions and group/sequence ranks of
+/// tokens of values finished before; not the closed-form sums of per-sequence constants): `P`
+/// a token pass with that work, `A` the small nodes it needs (ranks and quantiles of coarse
+/// values included), `B` the rest: what reads a reduction of `P`, per-position reductions and
+/// ranks of `P`'s values, quantiles of token values (which stay in a one-block kernel) and what
+/// reads them. `None` when there is no such work.
 fn split_small(m: &Module, first: &Stage) -> Option<[Stage; 3]> {
     if first.kind != StageKind::Small {
         return None;
@@ -485,16 +485,24 @@ fn split_small(m: &Module, first: &Stage) -> Option<[Stage; 3]> {
         // a per-position reduction reads other sequences' tokens: in the pass only of values
         // finished before it (inputs, earlier stages, A)
         let cross = matches!(e, Expr::PosReduce { .. }) && ops.iter().any(|o| part[o.index()] != 0);
+        let before = ops.iter().all(|o| part[o.index()] == 0);
         // ranks and quantiles of coarse values finished before the pass: small work for A
         let coarse_order = matches!(e, Expr::Rank { arg, .. } | Expr::Quantile { arg, .. }
-            if held(*arg) > Level::Tok)
-            && ops.iter().all(|o| part[o.index()] == 0);
+            if held(*arg) > Level::Tok && m.level(h) > Level::Tok)
+            && before;
+        // a token's rank within its sequence, turn or group (of values finished before): the
+        // pass's thread for that token counts, block per sequence (batch ranks are sorted)
+        let token_rank = matches!(e, Expr::Rank { within, .. }
+            if m.level(h) == Level::Tok && *within != Level::Batch)
+            && before;
         let after_pass = ops.iter().any(|&o| late[o.index()]);
         (part[h.index()], late[h.index()]) = if alias(h) {
             ops.first()
                 .map_or((0, false), |o| (part[o.index()], late[o.index()]))
         } else if coarse_order {
             (0, false)
+        } else if token_rank {
+            (1, false)
         } else if matches!(e, Expr::Rank { .. } | Expr::Quantile { .. }) || cross {
             (2, true)
         } else if tok_value(h) || tok_acc(h) {
