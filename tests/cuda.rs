@@ -135,6 +135,11 @@ fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
     let w11 = b.un(UnaryOp::Ceil, w10);
     let w12 = b.un(UnaryOp::Round, w11);
     let w9 = b.bin(BinaryOp::Add, w9, w12);
+    let w13 = b.bin(BinaryOp::Add, w7, one);
+    let lg = b.un(UnaryOp::Lgamma, w13);
+    let dg = b.un(UnaryOp::Digamma, w13);
+    let w9 = b.bin(BinaryOp::Add, w9, lg);
+    let w9 = b.bin(BinaryOp::Add, w9, dg);
     let per_tok = b.bin(BinaryOp::Add, neg, w9);
     let rk = b.bin(BinaryOp::Mul, rank, brank);
     let per_tok = b.bin(BinaryOp::Add, per_tok, rk);

@@ -150,11 +150,11 @@ fn run_prim(name: &str, f: Prim) -> Stats {
 fn unary_primitives() {
     use UnaryOp::*;
     for op in [
-        Neg, Exp, Log, Log1p, Expm1, Sqrt, Abs, Sigmoid, Softplus, Tanh,
+        Neg, Exp, Log, Log1p, Expm1, Sqrt, Abs, Sigmoid, Softplus, Tanh, Lgamma,
     ] {
         run_prim(&format!("{op:?}"), &|b, x| {
             let a = match op {
-                Log | Log1p | Sqrt => {
+                Log | Log1p | Sqrt | Lgamma => {
                     let t = b.mul(x[0], x[0]);
                     let c = b.constant(0.3);
                     b.add(t, c)

@@ -299,11 +299,12 @@ fn random_step(
             let sp = b.unary(UnaryOp::Softplus, x);
             let c = b.constant(0.1);
             let p = b.add(sp, c);
-            match rng.random_range(0..5) {
+            match rng.random_range(0..6) {
                 0 => b.unary(UnaryOp::Exp, t),
                 1 => b.unary(UnaryOp::Expm1, t),
                 2 => b.unary(UnaryOp::Log, p),
                 3 => b.unary(UnaryOp::Log1p, p),
+                4 => b.unary(UnaryOp::Lgamma, p),
                 _ => b.unary(UnaryOp::Sqrt, p),
             }
         }

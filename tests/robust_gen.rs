@@ -154,6 +154,7 @@ const UNARY: &[&str] = &[
     "log",
     "log1p",
     "expm1",
+    "lgamma",
     "sqrt",
     "abs",
     "sigmoid",

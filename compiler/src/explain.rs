@@ -334,6 +334,8 @@ fn unary_name(op: UnaryOp) -> &'static str {
         UnaryOp::Log => "log",
         UnaryOp::Log1p => "log1p",
         UnaryOp::Expm1 => "expm1",
+        UnaryOp::Lgamma => "lgamma",
+        UnaryOp::Digamma => "digamma",
         UnaryOp::Sqrt => "sqrt",
         UnaryOp::Abs => "abs",
         UnaryOp::Sigmoid => "sigmoid",

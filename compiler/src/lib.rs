@@ -15,6 +15,7 @@ pub mod front;
 pub mod ir;
 pub mod passes;
 pub mod schedule;
+pub mod special;
 pub mod split;
 pub mod stdlib;
 pub mod types;

@@ -173,7 +173,9 @@ fn check_node(m: &Module, h: Handle<Expr>, e: &Expr) -> Result<(), String> {
                 | UnaryOp::Tanh
                 | UnaryOp::Floor
                 | UnaryOp::Ceil
-                | UnaryOp::Round => (F32, F32),
+                | UnaryOp::Round
+                | UnaryOp::Lgamma
+                | UnaryOp::Digamma => (F32, F32),
             };
             expect(t(arg) == Ty::new(ty.level, from), || {
                 format!("{op:?} operand is {}, expected {} {from}", t(arg), ty.level)

@@ -44,6 +44,24 @@ __device__ __forceinline__ float rlo_sigmoid(float x) {
 __device__ __forceinline__ float rlo_softplus(float x) {
     return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
 }
+
+// psi(x) = d/dx lgamma(x) (autodiff of `lgamma`; `rlo_compiler::special::digamma` in f64):
+// reflection below 1/2, recurrence up to x >= 10, asymptotic series; NaN at the poles.
+__device__ __noinline__ float rlo_digamma(float xf) {
+    double x = (double)xf;
+    if (isnan(x) || (x <= 0.0 && x == floor(x))) { return RLO_NAN; }
+    double acc = 0.0;
+    if (x < 0.5) {
+        const double pi = 3.14159265358979323846;
+        acc -= pi / tan(pi * x);
+        x = 1.0 - x;
+    }
+    #pragma unroll 1
+    while (x < 10.0) { acc -= 1.0 / x; x += 1.0; }
+    const double r = 1.0 / (x * x);
+    const double series = r * (1.0 / 12.0 - r * (1.0 / 120.0 - r * (1.0 / 252.0 - r * (1.0 / 240.0 - r * (1.0 / 132.0)))));
+    return (float)(acc + log(x) - 0.5 / x - series);
+}
 __device__ __forceinline__ float rlo_b2f(bool b) { return b ? 1.0f : 0.0f; }
 
 // -----------------------------------------------------------------------------------------------

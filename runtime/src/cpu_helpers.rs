@@ -97,6 +97,21 @@ math!(
     softplus_f64
 );
 
+/// log |Γ(x)| (`rlo_compiler::special`, the `libm` crate).
+pub extern "C" fn lgamma_f32(x: f32) -> f32 {
+    rlo_compiler::special::lgammaf(x)
+}
+pub extern "C" fn lgamma_f64(x: f64) -> f64 {
+    rlo_compiler::special::lgamma(x)
+}
+/// ψ(x), lgamma's derivative (`rlo_compiler::special`).
+pub extern "C" fn digamma_f32(x: f32) -> f32 {
+    rlo_compiler::special::digammaf(x)
+}
+pub extern "C" fn digamma_f64(x: f64) -> f64 {
+    rlo_compiler::special::digamma(x)
+}
+
 /// Borrowed view of the ABI layout arrays.
 pub(crate) struct LayoutView<'a> {
     pub lay: [&'a [u32]; LAY_LEN],
@@ -393,6 +408,10 @@ pub(crate) fn lookup(symbol: &str) -> Option<*const u8> {
         "rlo_sigmoid_f32" => sigmoid_f32 as U32 as *const u8,
         "rlo_softplus_f32" => softplus_f32 as U32 as *const u8,
         "rlo_pow_f32" => pow_f32 as B32 as *const u8,
+        "rlo_lgamma_f32" => lgamma_f32 as U32 as *const u8,
+        "rlo_digamma_f32" => digamma_f32 as U32 as *const u8,
+        "rlo_lgamma_f64" => lgamma_f64 as U64 as *const u8,
+        "rlo_digamma_f64" => digamma_f64 as U64 as *const u8,
         "rlo_exp_f64" => exp_f64 as U64 as *const u8,
         "rlo_log_f64" => log_f64 as U64 as *const u8,
         "rlo_log1p_f64" => log1p_f64 as U64 as *const u8,

@@ -156,6 +156,13 @@ fn unary(
         UnaryOp::Not | UnaryOp::ToF32 | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => {
             return None
         }
+        // ψ appears only in gradients, which are not differentiated again (first order)
+        UnaryOp::Digamma => return None,
+        // f = log |Γ(x)| ; dx = g·ψ(x)
+        UnaryOp::Lgamma => {
+            let d = b.unary(UnaryOp::Digamma, x);
+            b.mul(g, d)
+        }
         // f = exp(x) ; dx = g·f
         UnaryOp::Exp => b.mul(g, h),
         // f = log(x) ; dx = g / x

@@ -518,6 +518,8 @@ impl Fx<'_, '_, '_> {
                     UnaryOp::Log => self.math("log", &[x])?,
                     UnaryOp::Log1p => self.math("log1p", &[x])?,
                     UnaryOp::Expm1 => self.math("expm1", &[x])?,
+                    UnaryOp::Lgamma => self.math("lgamma", &[x])?,
+                    UnaryOp::Digamma => self.math("digamma", &[x])?,
                     UnaryOp::Sqrt => self.b.ins().sqrt(x),
                     UnaryOp::Abs => self.b.ins().fabs(x),
                     UnaryOp::Sigmoid => self.math("sigmoid", &[x])?,

@@ -356,6 +356,8 @@ impl Fx<'_, '_, '_> {
                     UnaryOp::Log => self.per_lane("log", &[x])?,
                     UnaryOp::Log1p => self.per_lane("log1p", &[x])?,
                     UnaryOp::Expm1 => self.per_lane("expm1", &[x])?,
+                    UnaryOp::Lgamma => self.per_lane("lgamma", &[x])?,
+                    UnaryOp::Digamma => self.per_lane("digamma", &[x])?,
                     UnaryOp::Sigmoid => self.per_lane("sigmoid", &[x])?,
                     UnaryOp::Softplus => self.per_lane("softplus", &[x])?,
                     UnaryOp::Tanh => self.per_lane("tanh", &[x])?,

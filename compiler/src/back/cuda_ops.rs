@@ -287,6 +287,8 @@ pub(super) fn rhs(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, frame: Lev
                 UnaryOp::Log => format!("logf({a})"),
                 UnaryOp::Log1p => format!("log1pf({a})"),
                 UnaryOp::Expm1 => format!("expm1f({a})"),
+                UnaryOp::Lgamma => format!("lgammaf({a})"),
+                UnaryOp::Digamma => format!("rlo_digamma({a})"),
                 UnaryOp::Sqrt => format!("sqrtf({a})"),
                 UnaryOp::Abs => format!("fabsf({a})"),
                 UnaryOp::Sigmoid => format!("rlo_sigmoid({a})"),

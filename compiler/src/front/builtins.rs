@@ -94,6 +94,7 @@ const TABLE: &[Builtin] = &[
     un("log", UnaryOp::Log),
     un("log1p", UnaryOp::Log1p),
     un("expm1", UnaryOp::Expm1),
+    un("lgamma", UnaryOp::Lgamma),
     un("sqrt", UnaryOp::Sqrt),
     un("abs", UnaryOp::Abs),
     un("sigmoid", UnaryOp::Sigmoid),

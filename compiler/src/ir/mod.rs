@@ -259,6 +259,11 @@ pub enum UnaryOp {
     Ceil,
     /// Nearest integer, ties to even (`torch.round`). Gradient 0.
     Round,
+    /// log |Γ(x)| (`torch.lgamma`); +inf at the poles 0, −1, −2, …. d = g·ψ(x).
+    Lgamma,
+    /// ψ(x), the derivative of `Lgamma`: made by autodiff only (no builtin), never
+    /// differentiated itself (autodiff is first order). NaN at the poles.
+    Digamma,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

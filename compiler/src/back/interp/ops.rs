@@ -57,6 +57,8 @@ pub fn unary(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Log => x.ln(),
         UnaryOp::Log1p => x.ln_1p(),
         UnaryOp::Expm1 => x.exp_m1(),
+        UnaryOp::Lgamma => crate::special::lgamma(x),
+        UnaryOp::Digamma => crate::special::digamma(x),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Sigmoid => sigmoid(x),
