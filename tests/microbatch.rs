@@ -549,6 +549,44 @@ fn per_rank_normalization_is_not_exact() {
     );
 }
 
+/// Metrics that are not sums or extrema of the ranks' values — a std, a ratio of policy
+/// sums, a function of a max — are computed by every rank from all-reduced batch reductions
+/// (copies of the metric's nodes: the summed `ratio_mean` shares `batch_sum(ratio)` with the
+/// std); a batch quantile of the policy still needs the whole batch (NaN).
+#[test]
+fn data_parallel_metrics_beyond_sums_are_exact() {
+    use rlo_runtime::dataparallel::{RankMerge, ShardPlan};
+    let src = "objective dpm() {
+    input logp: tok diff
+    input old_logp: tok
+    input reward: seq
+    let ratio = exp(logp - old_logp)
+    let adv = reward - group_mean(reward)
+    loss batch_mean(-ratio * adv)
+    metric ratio_mean = batch_mean(ratio)
+    metric ratio_std = batch_std(ratio)
+    metric kl_over_ratio = batch_sum(old_logp - logp) / batch_sum(ratio)
+    metric spread = log(batch_max(ratio) / batch_min(ratio))
+    metric whitened_max = batch_max((ratio - batch_mean(ratio)) / (batch_std(ratio) + 1e-6))
+    metric median = batch_quantile(ratio, 0.5)
+}
+";
+    let obj = Objective::compile("dpm.rlo", src, &Default::default()).expect("compiles");
+    let plan = ShardPlan::new(&obj).expect("shardable");
+    assert_eq!(
+        plan.metric_merge(),
+        [
+            RankMerge::Sum,
+            RankMerge::Same,
+            RankMerge::Same,
+            RankMerge::Same,
+            RankMerge::Same,
+            RankMerge::Unavailable
+        ]
+    );
+    assert!(check_data_parallel("dpm", &obj).expect("exact"));
+}
+
 /// Batch whitening needs the batch mean before the batch std: two all-reduce rounds.
 #[test]
 fn nested_batch_statistics_take_two_rounds() {

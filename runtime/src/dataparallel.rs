@@ -27,7 +27,8 @@
 //! }
 //! let ev = plan.evaluate(&shard, &params, backend, &global)?;
 //! // ev.loss: this rank's share (Σ over ranks = whole-batch loss); ev.grads: exact for the
-//! // shard's elements; metrics with `metric_merge()[i] == Merge::Sum`: all-reduce SUM them.
+//! // shard's elements; metrics with `metric_merge()[i] == RankMerge::Sum`: all-reduce SUM them
+//! // (Max/Min: MAX/MIN; Same: every rank has the whole-batch value already).
 //! ```
 //! The contract a caller keeps: ranks hold disjoint sets of *whole groups* (GRPO's G samples of
 //! a prompt on one rank), and run the same rounds with the same parameters.
@@ -45,7 +46,8 @@ use rlo_grammar::{Diagnostic, Span};
 pub enum RankMerge {
     /// Add the ranks' values (all-reduce SUM).
     Sum,
-    /// Every rank already has the whole-batch value (it depends only on normalizers).
+    /// Every rank already has the whole-batch value (it depends only on normalizers, or on
+    /// batch reductions all-reduced in the rounds for this metric).
     Same,
     /// One value per element of the rank's shard (level ≤ group).
     Place,
@@ -54,7 +56,9 @@ pub enum RankMerge {
     Max,
     /// The smallest (all-reduce MIN), `+inf` for a rank without elements, likewise.
     Min,
-    /// Not computable from the ranks (e.g. a batch std of policy-dependent values): NaN.
+    /// Not computable from the ranks (a batch quantile or rank of policy-dependent values):
+    /// NaN. (Other metrics that are not sums or extrema — a batch std of policy values, a
+    /// ratio of their sums — are [`RankMerge::Same`]: their batch reductions are all-reduced.)
     Unavailable,
 }
 
@@ -179,6 +183,24 @@ impl ShardPlan {
                 _ => {}
             }
         }
+        // metrics that do not combine over ranks (a std or a ratio of diff-dependent sums, a
+        // function of a max, ...): their batch reductions become leaves too, so every rank
+        // computes the whole-batch metric from the all-reduced values
+        let mut metric_merge_of: Vec<Option<RankMerge>> = vec![None; m.metrics.len()];
+        let mut lifted_module = m.clone();
+        let lifted = lift_metrics(&mut lifted_module, &sp);
+        // from here on, the module whose lifted metrics read copies of their nodes
+        let m = &lifted_module;
+        for (i, new) in lifted {
+            for l in new {
+                if !leaves.iter().any(|x| x.node == l.node) {
+                    leaves.push(l);
+                }
+            }
+            if let Some(slot) = metric_merge_of.get_mut(i) {
+                *slot = Some(RankMerge::Same);
+            }
+        }
         let depth = leaf_depths(m, &leaves);
         let n_rounds = depth.iter().map(|d| d + 1).max().unwrap_or(0);
         let mut rounds = Vec::new();
@@ -203,7 +225,9 @@ impl ShardPlan {
             .metrics
             .iter()
             .zip(&sp.metric_extrema)
-            .map(|(&how, ext)| match (how, ext) {
+            .zip(&metric_merge_of)
+            .map(|((&how, ext), lifted)| match (how, ext) {
+                _ if lifted.is_some() => RankMerge::Same,
                 (Combine::Sum, _) => RankMerge::Sum,
                 (Combine::Whole, _) => RankMerge::Same,
                 (Combine::PerElement, _) => RankMerge::Place,
@@ -555,6 +579,92 @@ impl ShardPlan {
         }
         Ok(b)
     }
+}
+
+/// The metrics that do not combine over ranks (`Combine::Unavailable`, not a plain max/min)
+/// but can be computed on every rank once their batch-level reductions are all-reduced: each
+/// such metric's index and its batch reductions, the new leaves. The metric's nodes are first
+/// copied (appended to `m`, the metric pointed at the copies), so that freezing them touches
+/// no other root: the loss, gradients, outputs and other metrics keep their own nodes (a
+/// `batch_std(ratio)` and a summed `batch_mean(ratio)` share `batch_sum(ratio)`). Not when the
+/// metric reads a batch quantile or rank (the whole batch on one rank): it stays
+/// [`RankMerge::Unavailable`].
+fn lift_metrics(
+    m: &mut Module,
+    sp: &rlo_compiler::split::Splittability,
+) -> Vec<(usize, Vec<Leaf>)> {
+    let mut out = Vec::new();
+    for i in 0..m.metrics.len() {
+        let unavailable = sp.metrics.get(i) == Some(&Combine::Unavailable)
+            && sp.metric_extrema.get(i).is_some_and(Option::is_none);
+        if !unavailable {
+            continue;
+        }
+        let root = m.metrics[i].value;
+        let mine = cone(m, &[root]);
+        let whole_batch = m.exprs.iter().any(|(h, e)| {
+            mine.get(h.index()).copied().unwrap_or(false)
+                && matches!(
+                    e,
+                    Expr::Quantile {
+                        to: Level::Batch,
+                        ..
+                    } | Expr::Rank {
+                        within: Level::Batch,
+                        ..
+                    }
+                )
+        });
+        if whole_batch {
+            continue;
+        }
+        // copy the metric's cone, operands first
+        let n = m.exprs.len();
+        let mut copy: Vec<Option<H>> = vec![None; n];
+        let mut leaves = Vec::new();
+        for j in 0..n {
+            if !mine.get(j).copied().unwrap_or(false) {
+                continue;
+            }
+            let h = H::from_index(j);
+            let e =
+                m.exprs[h].map_operands(|o| copy.get(o.index()).copied().flatten().unwrap_or(o));
+            let (ty, span) = (m.ty(h), m.span(h));
+            let nh = m.append(e.clone(), ty, span);
+            if let Expr::Reduce {
+                op,
+                to: Level::Batch,
+                ..
+            } = e
+            {
+                leaves.push(Leaf { node: nh, op });
+            }
+            if let Some(slot) = copy.get_mut(j) {
+                *slot = Some(nh);
+            }
+        }
+        if let Some(c) = copy.get(root.index()).copied().flatten() {
+            m.metrics[i].value = c;
+            out.push((i, leaves));
+        }
+    }
+    out
+}
+
+/// The nodes `roots` read (themselves included).
+fn cone(m: &Module, roots: &[H]) -> Vec<bool> {
+    let mut seen = vec![false; m.exprs.len()];
+    let mut stack: Vec<H> = roots.to_vec();
+    while let Some(h) = stack.pop() {
+        match seen.get_mut(h.index()) {
+            Some(s) if !*s => *s = true,
+            _ => continue,
+        }
+        if let Some(e) = m.exprs.get(h) {
+            e.for_each_operand(|o| stack.push(o));
+        }
+    }
+    seen
 }
 
 /// Round of each leaf: 0 if no other leaf is below it, else one more than the deepest below.
