@@ -307,7 +307,6 @@ fn stdlib_objectives_match_the_interpreter() {
 /// of programs (default 240).
 #[test]
 fn random_programs_match_the_interpreter() {
-    use rand::SeedableRng;
     if !emulator_or_skip("random programs") {
         return;
     }
@@ -325,14 +324,7 @@ fn random_programs_match_the_interpreter() {
     let mut extra = 0usize;
     let mut seed = 0u64;
     while seed < n || (extra < want_fused && seed < n + 200 * n) {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let m = rlo_tests::random_module(
-            &mut rng,
-            rlo_tests::ModuleSpec {
-                steps: 4 + (seed % 12) as usize,
-                detach: true,
-            },
-        );
+        let (m, rng) = rlo_tests::seeded_module(seed);
         let (m, s) = rlo_tests::compile_module(m).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         let layout = if seed.is_multiple_of(2) {
             TokLayout::Packed

@@ -336,15 +336,9 @@ objective prm(eps: f32 = 0.2) {
         );
     }
     // random programs: 1,000 seeds of the generator the emulator uses
-    use rand::SeedableRng;
     let mut walking = 0;
     for seed in 0..1000u64 {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let spec = rlo_tests::ModuleSpec {
-            steps: 4 + (seed % 12) as usize,
-            detach: true,
-        };
-        let m = rlo_tests::random_module(&mut rng, spec);
+        let (m, _) = rlo_tests::seeded_module(seed);
         let (m, s) = rlo_tests::compile_module(m).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         let o = CudaOptions {
             layout: TokLayout::Padded,
@@ -361,102 +355,4 @@ objective prm(eps: f32 = 0.2) {
         walking <= 80,
         "{walking} of 1000 random programs walk tokens in one block"
     );
-}
-
-#[test]
-#[ignore]
-fn survey_tmp() {
-    use rand::SeedableRng;
-    let mut counts = std::collections::BTreeMap::new();
-    let mut progs = 0;
-    for seed in 0..1000u64 {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let m = rlo_tests::random_module(
-            &mut rng,
-            rlo_tests::ModuleSpec {
-                steps: 4 + (seed % 12) as usize,
-                detach: true,
-            },
-        );
-        let (m, s) = rlo_tests::compile_module(m).unwrap();
-        let o = CudaOptions {
-            layout: TokLayout::Padded,
-            ..Default::default()
-        };
-        let p = match emit(&m, &s, &o) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("seed {seed}: {e}");
-                continue;
-            }
-        };
-        if p.traffic.one_block_token_kernels.is_empty() {
-            continue;
-        }
-        progs += 1;
-        for k in &p.traffic.one_block_token_kernels {
-            let start = p
-                .source
-                .find(&format!("void __launch_bounds__(1024) {k}("))
-                .unwrap_or(0);
-            let body = &p.source[start..];
-            let end = body.find("\n}\n").unwrap_or(body.len());
-            let body = &body[..end];
-            let mut kinds = Vec::new();
-            if body.contains("rlo_seq_scan") {
-                kinds.push("scan");
-            }
-            if body.contains("quantile") {
-                kinds.push("quantile");
-            }
-            if body.contains("rank") {
-                kinds.push("rank");
-            }
-            if body.contains("group_off[g]; m <") && body.contains("t < RLO_LEN(s)) {") {
-                kinds.push("posreduce");
-            }
-            if body.contains("RLO_TOK(s, t)]")
-                || body.contains("for (long long t = threadIdx.x; t < RLO_LEN(s)")
-            {
-                kinds.push("tokloop");
-            }
-            let key = format!(
-                "{} {}",
-                if k.contains("_fin") { "fin" } else { "small" },
-                kinds.join("+")
-            );
-            *counts.entry(key.clone()).or_insert(0) += 1;
-            if std::env::var("SHOW").is_ok_and(|v| key == v) {
-                eprintln!("seed {seed} {k}:\n{body}");
-            }
-        }
-    }
-    eprintln!("{progs} programs; {counts:#?}");
-}
-
-#[test]
-#[ignore]
-fn survey_one() {
-    use rand::SeedableRng;
-    let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let m = rlo_tests::random_module(
-        &mut rng,
-        rlo_tests::ModuleSpec {
-            steps: 4 + (seed % 12) as usize,
-            detach: true,
-        },
-    );
-    let (m, s) = rlo_tests::compile_module(m).unwrap();
-    for (i, st) in s.stages.iter().enumerate() {
-        eprintln!("stage {i} {:?}", st.kind);
-        for &h in &st.nodes {
-            eprintln!("  e{} {:?} {:?}", h.index(), m.level(h), m.exprs[h]);
-        }
-    }
-    let o = CudaOptions {
-        layout: TokLayout::Padded,
-        ..Default::default()
-    };
-    eprintln!("{:?}", emit(&m, &s, &o).err());
 }

@@ -210,6 +210,18 @@ pub struct ModuleSpec {
     pub detach: bool,
 }
 
+/// The random module of `seed` the CUDA emulator and traffic tests share (4–15 steps,
+/// detaches), and the generator after drawing it (for the batches).
+pub fn seeded_module(seed: u64) -> (Module, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let spec = ModuleSpec {
+        steps: 4 + (seed % 12) as usize,
+        detach: true,
+    };
+    (random_module(&mut rng, spec), rng)
+}
+
 /// Grows a random well-typed module: `steps` random primitives (every variant of `Expr` is
 /// reachable, at every level) over [`RANDOM_INPUTS`], then a loss summing a few of the newest
 /// values to batch level, a metric and an output. Values are kept in safe domains by
