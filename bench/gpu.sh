@@ -27,7 +27,8 @@ BIN=${RLO_BENCH_BIN:-bench/bin/rlo-bench-cuda}
 python3 bench/torch_losses.py "$ITERS" | tee bench/out/torch.jsonl
 python3 bench/summarize.py bench/out/rlo.jsonl bench/out/torch.jsonl | tee bench/out/summary.txt
 # What seq-local fusion and recomputation save, on the objectives they change (traffic model:
-# gspo 4.00 -> 1.00, gmpo 3.67 -> 1.00, ppo 3.00 -> 2.17 of the roofline), and grpo as a control.
+# gspo 4.00 -> 1.00, gmpo 3.67 -> 1.00, ppo 3.00 -> 1.60 of the roofline; plain also stores
+# scan arguments), and grpo as a control.
 "$BIN" --stdlib stdlib --iters "$ITERS" --objectives gspo,gmpo,ppo,grpo --shapes 4096x8192 \
     --dtypes f32 --variants plain,fused | tee bench/out/fusion.jsonl
 python3 bench/summarize.py bench/out/fusion.jsonl | tee bench/out/fusion.txt
