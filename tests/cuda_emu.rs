@@ -621,7 +621,8 @@ objective pd(gamma: f32 = 0.99) {
 /// Token work of later small stages as passes of their own (`fuse::token_work_passes`): a
 /// per-position group baseline of returns (a pass after the scan's), a position-weighted
 /// metric of a group advantage, a chain (a token value needing a token sum of the pass
-/// before), a group rank of sequence values (before the pass) and one of token values (in it).
+/// before), a group rank of sequence values (before the pass) and one of token values (in it),
+/// and a filtered group quantile of token values (a kernel with one block per group).
 #[test]
 fn small_stage_token_work_in_passes() {
     if !emulator_or_skip("small-stage passes") {
@@ -643,6 +644,7 @@ objective prm(eps: f32 = 0.2) {
     loss batch_mean(-min(ratio * adv, clamp(ratio, 1 - eps, 1 + eps) * adv) + logp * (w2 + rk))
     metric adv_mean = batch_mean(adv)
     metric ranked = batch_sum(square(w2) * group_rank(reward))
+    metric top = batch_mean(float(tok_reward >= group_quantile(tok_reward, 0.7, where: tok_reward > 0)))
 }
 ";
     source_matches_interpreter("prm.rlo", text, &small_or_wide_batch);

@@ -349,10 +349,45 @@ objective prm(eps: f32 = 0.2) {
     }
     eprintln!("{walking} of 1000 random programs have a one-block kernel walking tokens");
     // 331 before small stages were split beyond the first (chains of them, per-position
-    // reductions, token ranks within groups); what remains: quantiles of token values, ranks
-    // of values of the same stage, token work after them
+    // reductions, token ranks within groups) and sequence/group quantiles of token values got
+    // a block per unit; what remains: ranks and quantiles of values of the same stage, token
+    // work after them
     assert!(
-        walking <= 80,
+        walking <= 50,
         "{walking} of 1000 random programs walk tokens in one block"
     );
+}
+
+/// A group quantile of token values (per-group top-entropy tokens) ran in a one-block kernel
+/// looping over the groups, each sweeping its tokens 64 times; now a kernel of its own with one
+/// block per group (`rlo_<id>_u<stage>`, `KernelKind::UnitQuantiles`).
+#[test]
+fn token_quantiles_get_a_block_per_group() {
+    let text = "use std::adv::{grpo_adv, per_token}
+objective gq(rho: f32 = 0.2) {
+    input logp: tok diff
+    input old_logp: tok
+    input entropy: tok
+    input reward: seq
+    let keep = entropy >= group_quantile(entropy, 1 - rho)
+    let ratio = exp(logp - old_logp)
+    loss batch_sum(-ratio * per_token(grpo_adv(reward)), where: keep) / max(batch_count(keep), 1)
+}
+";
+    let c = rlo_compiler::compile("gq.rlo", text, &rlo_compiler::Options::default())
+        .unwrap_or_else(|f| panic!("{}", f.render(false)));
+    for layout in [TokLayout::Packed, TokLayout::Padded] {
+        let p = program(&c, layout, StorageType::F32, false);
+        assert!(
+            p.traffic.one_block_token_kernels.is_empty() && p.traffic.ratio() <= 1.25 + 1e-9,
+            "{layout:?}: {}",
+            p.traffic.summary()
+        );
+        assert!(
+            p.launches
+                .iter()
+                .any(|l| l.kernel.starts_with("rlo_gq_u") && l.grid == Grid::PerSequence),
+            "{layout:?}: no per-unit quantile kernel"
+        );
+    }
 }

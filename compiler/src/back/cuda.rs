@@ -285,6 +285,9 @@ pub(crate) enum KernelKind {
     Sort(SortStep),
     /// One step of the radix select of a batch quantile of token values (`nodes`: the quantile).
     Select(SelectStep),
+    /// Sequence or group quantiles of token values finished by earlier kernels (`nodes`): one
+    /// block per sequence or group (grid-stride), instead of one block for all of them.
+    UnitQuantiles,
 }
 
 /// The launches of one batch quantile's radix select, in order: keys, then for each 4-bit
@@ -313,6 +316,7 @@ impl KernelKind {
     pub(crate) fn grid(self) -> Grid {
         match self {
             KernelKind::Pass
+            | KernelKind::UnitQuantiles
             | KernelKind::Sort(SortStep::Keys)
             | KernelKind::Select(SelectStep::Keys) => Grid::PerSequence,
             KernelKind::Fin
@@ -332,6 +336,7 @@ impl KernelKind {
             KernelKind::Pass
             | KernelKind::Fin
             | KernelKind::Small
+            | KernelKind::UnitQuantiles
             | KernelKind::Sort(SortStep::Keys | SortStep::Scan(_) | SortStep::Place)
             | KernelKind::Select(SelectStep::Keys | SelectStep::Value) => None,
         }
@@ -593,15 +598,29 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
                         && !here(q)
                         && !filter.is_some_and(here))
             };
+            // and sequence/group quantiles of them: one block per unit
+            let per_unit = |h: Handle<Expr>| {
+                matches!(m.exprs[h], Expr::Quantile { arg, q, to: Level::Seq | Level::Group, filter }
+                    if m.level(arg) == Level::Tok
+                        && !here(arg)
+                        && !here(q)
+                        && !filter.is_some_and(here))
+            };
             let mut rest = Vec::new();
+            let mut units = Vec::new();
             for &h in &computed {
                 if sorted(h) {
                     fuse::add_sort(&ident, k, h, &mut role, &mut kernels);
                 } else if selected(h) {
                     fuse::add_select(&ident, k, h, &mut role, &mut kernels);
+                } else if per_unit(h) {
+                    units.push(h);
                 } else {
                     rest.push(h);
                 }
+            }
+            if !units.is_empty() {
+                fuse::add_unit_quantiles(&ident, k, units, &mut role, &mut kernels);
             }
             computed = rest;
         }
@@ -709,6 +728,7 @@ fn slots_and_roots(p: &Plan) -> Result<(Vec<Slot>, Vec<RootLoc>), BackendError> 
             KernelKind::Pass
             | KernelKind::Fin
             | KernelKind::Small
+            | KernelKind::UnitQuantiles
             | KernelKind::Sort(_)
             | KernelKind::Select(_) => &[],
         };

@@ -15,7 +15,7 @@ use crate::types::{DType, Level};
 
 #[path = "cuda_small.rs"]
 mod small;
-use small::{turn_reduce, write_single};
+use small::{quantile_each, turn_reduce, write_single};
 
 #[path = "cuda_ops.rs"]
 mod ops;
@@ -26,7 +26,7 @@ use ops::{
     block_fn, c_ty, dtype_is_bool, enum_loops, level_loop, level_loop_lines, reduce_fold,
     reduce_init, rhs, scan_call, store_expr, unit_serial, val,
 };
-use sort::{write_select, write_sort};
+use sort::{write_select, write_sort, write_unit_quantiles};
 
 type R<T> = Result<T, BackendError>;
 
@@ -170,6 +170,7 @@ pub(super) fn write_program(
             KernelKind::Fin | KernelKind::Small => write_single(p, &mut w, k)?,
             KernelKind::Sort(step) => write_sort(p, &mut w, k, step)?,
             KernelKind::Select(step) => write_select(p, &mut w, k, step)?,
+            KernelKind::UnitQuantiles => write_unit_quantiles(p, &mut w, k)?,
         }
         sections.push(KernelText {
             name: k.name.clone(),
@@ -272,6 +273,10 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
             k.stage
         ),
         KernelKind::Small => format!("small stage {}: seq/group/batch values", k.stage),
+        KernelKind::UnitQuantiles => format!(
+            "stage {}: sequence/group quantiles of token values, one block per unit",
+            k.stage
+        ),
         KernelKind::Sort(_) | KernelKind::Select(_) => String::new(),
     };
     let what = match k.kind {
@@ -283,7 +288,7 @@ fn kernel_header(p: &Plan, w: &mut W, k: &KernelPlan) {
                 stages.join(", ")
             )
         }
-        KernelKind::Pass | KernelKind::Fin | KernelKind::Small => what,
+        KernelKind::Pass | KernelKind::Fin | KernelKind::Small | KernelKind::UnitQuantiles => what,
         KernelKind::Sort(step) => {
             let r = k.nodes.first().map_or(0, |h| h.index());
             match step {

@@ -621,6 +621,31 @@ fn add_radix(
     };
 }
 
+/// One kernel for the sequence/group quantiles of token values of a small stage (`nodes`, their
+/// operands finished by earlier kernels): one block per unit, grid-stride.
+pub(crate) fn add_unit_quantiles(
+    ident: &str,
+    stage: usize,
+    nodes: Vec<Handle<Expr>>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    let uk = kernels.len();
+    for &h in &nodes {
+        role[h] = Role::Stmt { kernel: uk };
+    }
+    kernels.push(KernelPlan {
+        name: format!("rlo_{ident}_u{stage}"),
+        kind: KernelKind::UnitQuantiles,
+        stage,
+        nodes,
+        sweeps: 0,
+        fused: Vec::new(),
+        threads: SMALL_THREADS,
+        merged: Vec::new(),
+    });
+}
+
 pub(crate) fn add_small(
     ident: &str,
     stage: usize,

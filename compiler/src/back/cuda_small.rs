@@ -523,7 +523,7 @@ fn block_combine(w: &mut W, op: ReduceOp) {
 }
 
 /// `auto each = [&](auto&& f) { … f(value); … };` visiting a quantile's elements in one unit.
-fn quantile_each(
+pub(super) fn quantile_each(
     p: &Plan,
     arg: Handle<Expr>,
     filter: Option<Handle<Expr>>,

@@ -98,6 +98,47 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
     Ok(())
 }
 
+/// Sequence or group quantiles of token values (`KernelKind::UnitQuantiles`): block `b` takes
+/// units `b`, `b + gridDim.x`, … of each quantile's level and runs the block-cooperative select
+/// over the unit's tokens (what a one-block kernel did for every unit in turn).
+pub(super) fn write_unit_quantiles(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
+    let m = p.m;
+    open_kernel(w, k);
+    params(p, w);
+    for &h in &k.nodes {
+        let Expr::Quantile { arg, q, to, filter } = m.exprs[h] else {
+            return Err(err(m, h, "internal: a unit quantile of a non-quantile"));
+        };
+        let n = h.index();
+        w.line(&format!(
+            "// e{n}: quantile tok -> {to}{}",
+            span_comment(p, h)
+        ));
+        match to {
+            Level::Seq => {
+                w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+                w.line("const long long g = ctx.seq_group[s];");
+            }
+            Level::Group => {
+                w.open("for (long long g = blockIdx.x; g < ctx.n_groups; g += gridDim.x) {")
+            }
+            Level::Tok | Level::Turn | Level::Batch => {
+                return Err(err(m, h, format!("internal: a unit quantile to {to}")))
+            }
+        }
+        w.line(&quantile_each(p, arg, filter, to, &[], true)?);
+        let qv = val(p, &[], q, to)?;
+        w.line(&format!("const float r = rlo_block_quantile(each, {qv});"));
+        w.line(&format!(
+            "if (threadIdx.x == 0) {{ ctx.v{n}[{}] = r; }}",
+            idx(to)
+        ));
+        w.close("}");
+    }
+    w.close("}");
+    Ok(())
+}
+
 /// `extern "C" __global__ void NAME(const RloCtx ctx[, const int digit]) {`
 fn open_kernel(w: &mut W, k: &KernelPlan) {
     let extra = if k.kind.digit().is_some() {

@@ -150,10 +150,14 @@ fn kernel_body<'s>(source: &'s str, name: &str) -> Option<&'s str> {
     rest.get(..end)
 }
 
-/// Token loops start a sweep; the padding loops (`t = len + …`) only zero-fill.
+/// Token loops start a sweep, and so does a quantile's element lambda over tokens
+/// (`rlo_block_quantile` sweeps it from L2 after the first time); the padding loops (`t = len +
+/// …`) only zero-fill.
 fn is_sweep_start(line: &str) -> bool {
     let l = line.trim_start();
-    l.starts_with("for (long long t = threadIdx.x;") || l.starts_with("for (long long t = 0;")
+    l.starts_with("for (long long t = threadIdx.x;")
+        || l.starts_with("for (long long t = 0;")
+        || (l.starts_with("auto each = [&](auto&& f) {") && l.contains("RLO_TOK("))
 }
 
 fn sweeps(body: &str, bytes: &dyn Fn(&str) -> usize) -> Vec<SweepTraffic> {
@@ -289,7 +293,8 @@ pub(crate) fn of_program<'r>(
             | KernelKind::Select(SelectStep::Keys | SelectStep::Pick(_) | SelectStep::Value)
             | KernelKind::Pass
             | KernelKind::Fin
-            | KernelKind::Small => continue,
+            | KernelKind::Small
+            | KernelKind::UnitQuantiles => continue,
         };
         kt.sweeps = vec![sweep];
     }
