@@ -577,52 +577,24 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
     let mut k = 0;
     while k < s.stages.len() {
         if let Some(f) = fusions.iter().find(|f| f.passes.first() == Some(&k)) {
-            fuse::add_passes(m, s, &canon, f, &ident, &mut role, &mut kernels);
+            fuse::add_passes(
+                m,
+                s,
+                &canon,
+                f,
+                &ident,
+                !opts.disable_sort,
+                &mut role,
+                &mut kernels,
+            );
             k = f.passes.last().map_or(k, |&l| l) + 1;
             continue;
         }
         let stage = &s.stages[k];
         let mut computed = fuse::computed(m, &canon, stage);
         if stage.kind == StageKind::Small && !opts.disable_sort {
-            // batch ranks of token values computed by an earlier kernel: sorted, not O(n²)
-            // and batch quantiles of them: a multi-block radix select
-            let here = |x: Handle<Expr>| computed.contains(&canon[x]);
-            let sorted = |h: Handle<Expr>| {
-                matches!(m.exprs[h], Expr::Rank { arg, within: Level::Batch }
-                    if m.level(arg) == Level::Tok && !here(arg))
-            };
-            let selected = |h: Handle<Expr>| {
-                matches!(m.exprs[h], Expr::Quantile { arg, q, to: Level::Batch, filter }
-                    if m.level(arg) == Level::Tok
-                        && !here(arg)
-                        && !here(q)
-                        && !filter.is_some_and(here))
-            };
-            // and sequence/group quantiles of them: one block per unit
-            let per_unit = |h: Handle<Expr>| {
-                matches!(m.exprs[h], Expr::Quantile { arg, q, to: Level::Seq | Level::Group, filter }
-                    if m.level(arg) == Level::Tok
-                        && !here(arg)
-                        && !here(q)
-                        && !filter.is_some_and(here))
-            };
-            let mut rest = Vec::new();
-            let mut units = Vec::new();
-            for &h in &computed {
-                if sorted(h) {
-                    fuse::add_sort(&ident, k, h, &mut role, &mut kernels);
-                } else if selected(h) {
-                    fuse::add_select(&ident, k, h, &mut role, &mut kernels);
-                } else if per_unit(h) {
-                    units.push(h);
-                } else {
-                    rest.push(h);
-                }
-            }
-            if !units.is_empty() {
-                fuse::add_unit_quantiles(&ident, k, units, &mut role, &mut kernels);
-            }
-            computed = rest;
+            computed =
+                fuse::add_order_stats(m, &canon, &ident, k, computed, &mut role, &mut kernels);
         }
         match stage.kind {
             StageKind::TokenPass if computed.is_empty() => {}
@@ -632,7 +604,16 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
                     mids: vec![None],
                     seq_local: vec![Vec::new()],
                 };
-                fuse::add_passes(m, s, &canon, &f, &ident, &mut role, &mut kernels);
+                fuse::add_passes(
+                    m,
+                    s,
+                    &canon,
+                    &f,
+                    &ident,
+                    !opts.disable_sort,
+                    &mut role,
+                    &mut kernels,
+                );
             }
             StageKind::Small => fuse::add_small(&ident, k, computed, &mut role, &mut kernels),
         }

@@ -294,14 +294,18 @@ fn cone(p: &Plan, o: Handle<Expr>, k: usize) -> Option<Cone> {
 }
 
 /// The kernels of one or more fused token passes: the pass kernel (sweep `j` = pass `j`, the
-/// per-sequence values of the small stage before it first), the fin kernel of its cross-sequence
-/// reductions, then the rest of each small stage in between.
+/// per-sequence values of the small stage before it first), with `quantiles` the kernels of
+/// the order statistics of token values that need nothing of the fin kernel
+/// ([`add_order_stats`]), the fin kernel of its cross-sequence reductions, then the rest of
+/// each small stage in between (its order statistics first, likewise).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn add_passes(
     m: &Module,
     s: &Schedule,
     canon: &HandleVec<Expr, Handle<Expr>>,
     f: &Fusion,
     ident: &str,
+    quantiles: bool,
     role: &mut HandleVec<Expr, Role>,
     kernels: &mut Vec<KernelPlan>,
 ) {
@@ -334,7 +338,7 @@ pub(crate) fn add_passes(
     }
     body.sort();
     fin.sort();
-    let fk = (!fin.is_empty()).then_some(pk + 1);
+    // the fin kernel's index is set once the quantiles' kernels are in
     for &(h, sweep) in &body {
         if matches!(role[h], Role::SeqLocal { .. }) {
             continue;
@@ -345,10 +349,15 @@ pub(crate) fn add_passes(
             Role::Acc {
                 kernel: pk,
                 sweep,
-                fin: if m.level(h) > Level::Seq { fk } else { None },
+                fin: None,
             }
         };
     }
+    let crosses: Vec<Handle<Expr>> = body
+        .iter()
+        .map(|&(h, _)| h)
+        .filter(|&h| m.level(h) > Level::Seq && matches!(role[h], Role::Acc { .. }))
+        .collect();
     let names: Vec<String> = f.passes.iter().map(|st| format!("p{st}")).collect();
     let first = f.passes.first().copied().unwrap_or(0);
     kernels.push(KernelPlan {
@@ -369,6 +378,17 @@ pub(crate) fn add_passes(
         },
         merged: Vec::new(),
     });
+    // order statistics of the pass's token values that need nothing of the fin kernel: kernels
+    // of their own between the pass and the fin kernel (not its one block)
+    if quantiles {
+        fin = add_order_stats(m, canon, ident, first, fin, role, kernels);
+    }
+    let fk = (!fin.is_empty()).then_some(kernels.len());
+    for &h in &crosses {
+        if let Role::Acc { fin: f, .. } = &mut role[h] {
+            *f = fk;
+        }
+    }
     if let Some(fk) = fk {
         for &h in &fin {
             if !matches!(role[h], Role::Acc { .. }) {
@@ -393,10 +413,13 @@ pub(crate) fn add_passes(
         let Some(stage) = s.stages.get(*mid) else {
             continue;
         };
-        let rest: Vec<Handle<Expr>> = computed(m, canon, stage)
+        let mut rest: Vec<Handle<Expr>> = computed(m, canon, stage)
             .into_iter()
             .filter(|h| !local.contains(h))
             .collect();
+        if quantiles {
+            rest = add_order_stats(m, canon, ident, *mid, rest, role, kernels);
+        }
         if !rest.is_empty() {
             add_small(ident, *mid, rest, role, kernels);
         }
@@ -619,6 +642,51 @@ fn add_radix(
     role[node] = Role::Stmt {
         kernel: kernels.len() - 1,
     };
+}
+
+/// The order statistics of a small stage's `nodes` over token values finished by earlier
+/// kernels, as kernels of their own (pushed now, before the stage's small kernel): batch ranks
+/// through the radix sort (not O(n²)), batch quantiles through the radix select, turn /
+/// sequence / group quantiles with one block per sequence or group. Returns the other nodes.
+pub(crate) fn add_order_stats(
+    m: &Module,
+    canon: &HandleVec<Expr, Handle<Expr>>,
+    ident: &str,
+    stage: usize,
+    nodes: Vec<Handle<Expr>>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) -> Vec<Handle<Expr>> {
+    let here = |x: Handle<Expr>| nodes.contains(&canon[x]);
+    let sorted = |h: Handle<Expr>| {
+        matches!(m.exprs[h], Expr::Rank { arg, within: Level::Batch }
+            if m.level(arg) == Level::Tok && !here(arg))
+    };
+    // a quantile of token values whose `q` and filter are finished too, and its level
+    let quantile = |h: Handle<Expr>| {
+        let Expr::Quantile { arg, q, to, filter } = m.exprs[h] else {
+            return None;
+        };
+        (m.level(arg) == Level::Tok && !here(arg) && !here(q) && !filter.is_some_and(here))
+            .then_some(to)
+    };
+    let mut rest = Vec::new();
+    let mut units = Vec::new();
+    for &h in &nodes {
+        if sorted(h) {
+            add_sort(ident, stage, h, role, kernels);
+        } else if quantile(h) == Some(Level::Batch) {
+            add_select(ident, stage, h, role, kernels);
+        } else if quantile(h).is_some() {
+            units.push(h);
+        } else {
+            rest.push(h);
+        }
+    }
+    if !units.is_empty() {
+        add_unit_quantiles(ident, stage, units, role, kernels);
+    }
+    rest
 }
 
 /// One kernel for the sequence/group quantiles of token values of a small stage (`nodes`, their

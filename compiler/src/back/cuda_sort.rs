@@ -98,9 +98,10 @@ pub(super) fn write_select(p: &Plan, w: &mut W, k: &KernelPlan, step: SelectStep
     Ok(())
 }
 
-/// Sequence or group quantiles of token values (`KernelKind::UnitQuantiles`): block `b` takes
-/// units `b`, `b + gridDim.x`, … of each quantile's level and runs the block-cooperative select
-/// over the unit's tokens (what a one-block kernel did for every unit in turn).
+/// Turn, sequence or group quantiles of token values (`KernelKind::UnitQuantiles`): block `b`
+/// takes sequences or groups `b`, `b + gridDim.x`, … and runs the block-cooperative select over
+/// the unit's tokens, or (turns) one thread per turn of the sequence the serial select — what a
+/// one-block kernel did for every unit in turn.
 pub(super) fn write_unit_quantiles(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()> {
     let m = p.m;
     open_kernel(w, k);
@@ -114,6 +115,17 @@ pub(super) fn write_unit_quantiles(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()>
             "// e{n}: quantile tok -> {to}{}",
             span_comment(p, h)
         ));
+        if to == Level::Turn {
+            w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
+            w.line("const long long g = ctx.seq_group[s];");
+            w.open("for (long long k = ctx.turn_off[s] + threadIdx.x; k < ctx.turn_off[s + 1]; k += blockDim.x) {");
+            w.line(&quantile_each(p, arg, filter, to, &[], false)?);
+            let qv = val(p, &[], q, to)?;
+            w.line(&format!("ctx.v{n}[k] = rlo_serial_quantile(each, {qv});"));
+            w.close("}");
+            w.close("}");
+            continue;
+        }
         match to {
             Level::Seq => {
                 w.open("for (long long s = blockIdx.x; s < ctx.n_seqs; s += gridDim.x) {");
@@ -122,7 +134,7 @@ pub(super) fn write_unit_quantiles(p: &Plan, w: &mut W, k: &KernelPlan) -> R<()>
             Level::Group => {
                 w.open("for (long long g = blockIdx.x; g < ctx.n_groups; g += gridDim.x) {")
             }
-            Level::Tok | Level::Turn | Level::Batch => {
+            Level::Tok | Level::Batch | Level::Turn => {
                 return Err(err(m, h, format!("internal: a unit quantile to {to}")))
             }
         }
