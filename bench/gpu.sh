@@ -3,7 +3,7 @@
 # grpo, dapo, gspo at 1024x4096 and 4096x8192, f32 and bf16, plus copy bandwidth, roofline and
 # compile times. See BENCHMARKS.md (GPU section).
 #
-# On the development machine:   bench/gpu.sh --build     (builds target/release/rlo-bench-cuda into bench/bin/)
+# On the development machine:   bench/gpu.sh --build     (builds rlo-bench-cuda and the GPU tests into bench/bin/)
 # On the GPU machine:           bench/gpu.sh             (runs; writes bench/out/*.jsonl and prints a table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,17 @@ if [[ "${1:-}" == "--build" ]]; then
     mkdir -p bench/bin
     cp "${CARGO_TARGET_DIR:-target}/release/rlo-bench-cuda" bench/bin/
     strip bench/bin/rlo-bench-cuda || true
-    echo "built bench/bin/rlo-bench-cuda; bring the repository (with bench/bin) to the GPU machine"
+    # the GPU tests (tests/cuda_gpu.rs) as a binary too: the GPU machine has no cargo
+    tests=$(cargo test --release -p rlo-tests --test cuda_gpu --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_gpu":
+        print(m["executable"])' | tail -1)
+    [[ -n "$tests" ]] || { echo "the cuda_gpu test binary was not built" >&2; exit 1; }
+    cp "$tests" bench/bin/cuda_gpu_tests
+    strip bench/bin/cuda_gpu_tests || true
+    echo "built bench/bin/rlo-bench-cuda and bench/bin/cuda_gpu_tests; bring the repository (with bench/bin) to the GPU machine"
     exit 0
 fi
 
@@ -23,6 +33,12 @@ mkdir -p bench/out
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 
 BIN=${RLO_BENCH_BIN:-bench/bin/rlo-bench-cuda}
+# correctness first (#6): every stdlib objective and RLO_GPU_CASES random programs against the
+# interpreter, repeated runs bit-identical; a failure is reported and the benchmark runs anyway
+if [[ -x bench/bin/cuda_gpu_tests ]]; then
+    RLO_STDLIB_DIR=stdlib bench/bin/cuda_gpu_tests --test-threads 1 --nocapture 2>&1 |
+        tee bench/out/gpu_tests.txt || echo "!! GPU TESTS FAILED (bench/out/gpu_tests.txt)"
+fi
 "$BIN" --stdlib stdlib --iters "$ITERS" | tee bench/out/rlo.jsonl
 python3 bench/torch_losses.py "$ITERS" | tee bench/out/torch.jsonl
 python3 bench/summarize.py bench/out/rlo.jsonl bench/out/torch.jsonl | tee bench/out/summary.txt

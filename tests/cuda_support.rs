@@ -3,7 +3,9 @@
 //! `B` of such modules.
 
 use rlo_compiler::arena::Handle;
-use rlo_compiler::ir::{BinaryOp, Expr, Input, Module, Param, ReduceOp, UnaryOp};
+use rlo_compiler::ir::{
+    BinaryOp, Expr, IndexKind, Input, Module, Named, Param, ReduceOp, ScanOp, UnaryOp,
+};
 use rlo_compiler::schedule::{Schedule, Stage, StageKind};
 use rlo_compiler::{DType, Level, Ty};
 use rlo_grammar::Span;
@@ -219,4 +221,211 @@ impl B {
         let s = greedy_schedule(&self.m);
         (self.m, s)
     }
+}
+
+/// A module touching every primitive and every reduction level pair.
+pub fn kitchen_sink(input_name: &str) -> (Module, Schedule) {
+    use Level::*;
+    let mut b = B::new("kitchen_sink");
+    let eps = b.param("eps", 0.2);
+    let logp = b.input(input_name, Tok, DType::F32, true);
+    let old = b.input("old_logp", Tok, DType::F32, false);
+    let reward = b.input("reward", Seq, DType::F32, false);
+    let ok = b.input("correct", Seq, DType::Bool, false);
+    let one = b.c(1.0);
+    // group-normalised advantage
+    let gsum = b.red(ReduceOp::Sum, reward, Group, None);
+    let ones = b.bc(one, Seq);
+    let gcnt = b.red(ReduceOp::Sum, ones, Group, Some(ok));
+    let gmean = b.bin(BinaryOp::Div, gsum, gcnt);
+    let gmax = b.red(ReduceOp::Max, reward, Group, None);
+    let q = b.c(0.75);
+    let gq = b.f(
+        Expr::Quantile {
+            arg: reward,
+            q,
+            to: Group,
+            filter: None,
+        },
+        Group,
+    );
+    let adv0 = b.bin(BinaryOp::Sub, reward, gmean);
+    let adv1 = b.bin(BinaryOp::Add, adv0, gq);
+    let adv = b.bin(BinaryOp::Sub, adv1, gmax);
+    let rank = b.f(
+        Expr::Rank {
+            arg: reward,
+            within: Group,
+        },
+        Seq,
+    );
+    let brank = b.f(
+        Expr::Rank {
+            arg: reward,
+            within: Batch,
+        },
+        Seq,
+    );
+    // token math
+    let d = b.bin(BinaryOp::Sub, logp, old);
+    let ratio = b.un(UnaryOp::Exp, d);
+    let lo = b.bin(BinaryOp::Sub, one, eps);
+    let hi = b.bin(BinaryOp::Add, one, eps);
+    let below = b.bin(BinaryOp::Lt, ratio, lo);
+    let above = b.bin(BinaryOp::Gt, ratio, hi);
+    let c1 = b.sel(below, lo, ratio);
+    let clipped = b.sel(above, hi, c1);
+    let s1 = b.bin(BinaryOp::Mul, ratio, adv);
+    let s2 = b.bin(BinaryOp::Mul, clipped, adv);
+    let surr = b.bin(BinaryOp::Min, s1, s2);
+    let neg = b.un(UnaryOp::Neg, surr);
+    let pos = b.f(Expr::Index(IndexKind::Pos), Tok);
+    let w = b.un(UnaryOp::Sigmoid, pos);
+    let w2 = b.un(UnaryOp::Softplus, w);
+    let w3 = b.un(UnaryOp::Tanh, w2);
+    let w4 = b.un(UnaryOp::Log1p, w3);
+    let w5 = b.un(UnaryOp::Expm1, w4);
+    let w6 = b.un(UnaryOp::Abs, w5);
+    let w7 = b.un(UnaryOp::Sqrt, w6);
+    let w8 = b.bin(BinaryOp::Pow, w7, one);
+    let w9 = b.un(UnaryOp::Log, w8);
+    let w10 = b.un(UnaryOp::Floor, w9);
+    let w11 = b.un(UnaryOp::Ceil, w10);
+    let w12 = b.un(UnaryOp::Round, w11);
+    let w9 = b.bin(BinaryOp::Add, w9, w12);
+    let w13 = b.bin(BinaryOp::Add, w7, one);
+    let lg = b.un(UnaryOp::Lgamma, w13);
+    let dg = b.un(UnaryOp::Digamma, w13);
+    let w9 = b.bin(BinaryOp::Add, w9, lg);
+    let w9 = b.bin(BinaryOp::Add, w9, dg);
+    let per_tok = b.bin(BinaryOp::Add, neg, w9);
+    let rk = b.bin(BinaryOp::Mul, rank, brank);
+    let per_tok = b.bin(BinaryOp::Add, per_tok, rk);
+    let seq_sum = b.red(ReduceOp::Sum, per_tok, Seq, None);
+    let ones_t = b.bc(one, Tok);
+    let len = b.red(ReduceOp::Sum, ones_t, Seq, None);
+    let seq_mean = b.bin(BinaryOp::Div, seq_sum, len);
+    let loss = b.red(ReduceOp::Sum, seq_mean, Batch, None);
+    // metrics: filtered token reductions to every level, max/min
+    let dev = b.un(UnaryOp::Abs, d);
+    let clipped_b = b.bin(BinaryOp::Gt, dev, eps);
+    let nclip = b.bin(BinaryOp::Or, below, above);
+    let notc = b.un(UnaryOp::Not, nclip);
+    let both = b.bin(BinaryOp::And, notc, clipped_b);
+    let frac = b.un(UnaryOp::ToF32, both);
+    let m1 = b.red(ReduceOp::Sum, frac, Batch, None);
+    let m2 = b.red(ReduceOp::Max, ratio, Batch, Some(below));
+    let m3g = b.red(ReduceOp::Min, ratio, Group, Some(above));
+    let m3 = b.red(ReduceOp::Sum, m3g, Batch, None);
+    let tq = b.f(
+        Expr::Quantile {
+            arg: ratio,
+            q,
+            to: Batch,
+            filter: Some(below),
+        },
+        Batch,
+    );
+    // second pass: scans and per-position group reductions of first-pass values
+    let cs = b.f(
+        Expr::Scan {
+            op: ScanOp::CumSum,
+            arg: per_tok,
+            discount: None,
+        },
+        Tok,
+    );
+    let rcs = b.f(
+        Expr::Scan {
+            op: ScanOp::RevCumSum,
+            arg: cs,
+            discount: None,
+        },
+        Tok,
+    );
+    let gamma = b.bc(eps, Tok);
+    let drc = b.f(
+        Expr::Scan {
+            op: ScanOp::DiscountedRevCumSum,
+            arg: ratio,
+            discount: Some(gamma),
+        },
+        Tok,
+    );
+    let dfc = b.f(
+        Expr::Scan {
+            op: ScanOp::DiscountedCumSum,
+            arg: drc,
+            discount: Some(gamma),
+        },
+        Tok,
+    );
+    let nx = b.f(
+        Expr::Scan {
+            op: ScanOp::Next,
+            arg: dfc,
+            discount: None,
+        },
+        Tok,
+    );
+    let pv = b.f(
+        Expr::Scan {
+            op: ScanOp::Prev,
+            arg: nx,
+            discount: None,
+        },
+        Tok,
+    );
+    let pr = b.f(
+        Expr::PosReduce {
+            op: ReduceOp::Max,
+            arg: ratio,
+        },
+        Tok,
+    );
+    let tr = b.f(
+        Expr::Rank {
+            arg: ratio,
+            within: Seq,
+        },
+        Tok,
+    );
+    let mean_b = b.red(ReduceOp::Sum, seq_mean, Batch, None);
+    let g0 = b.bin(BinaryOp::Mul, rcs, pv);
+    let g1 = b.bin(BinaryOp::Add, g0, pr);
+    let g2 = b.bin(BinaryOp::Add, g1, tr);
+    let g3 = b.bin(BinaryOp::Div, g2, mean_b);
+    let det = b.add(Expr::Detach { arg: g3 }, Tok, DType::F32);
+    let grad = b.bin(BinaryOp::Mul, det, ratio);
+    b.m.grads.push(rlo_compiler::ir::Grad {
+        input: 0,
+        value: grad,
+    });
+    let zero_tok = b.c(0.0);
+    let zero_tok = b.bc(zero_tok, Tok);
+    b.m.grads.push(rlo_compiler::ir::Grad {
+        input: 0,
+        value: zero_tok,
+    });
+    for (name, v) in [
+        ("frac", m1),
+        ("max_below", m2),
+        ("min_above", m3),
+        ("q", tq),
+    ] {
+        b.m.metrics.push(Named {
+            name: name.into(),
+            value: v,
+            span: Span::default(),
+        });
+    }
+    let eps_seq = b.bc(eps, Seq);
+    for (name, v) in [("adv", adv), ("eps_seq", eps_seq), ("below", below)] {
+        b.m.outputs.push(Named {
+            name: name.into(),
+            value: v,
+            span: Span::default(),
+        });
+    }
+    b.finish(loss)
 }

@@ -485,8 +485,17 @@ fn filter_at(
 }
 
 /// The repository's `stdlib/` folder.
+/// `$RLO_STDLIB_DIR`, else the repository's `stdlib/` where this crate was built, else
+/// `./stdlib` (a test binary carried to the GPU machine, run from the repository root).
 pub fn stdlib_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib")
+    if let Some(d) = std::env::var_os("RLO_STDLIB_DIR") {
+        return d.into();
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    if built.is_dir() {
+        return built;
+    }
+    std::path::PathBuf::from("stdlib")
 }
 
 /// The stdlib files that define an objective, by name (`grpo`, …), sorted.
