@@ -5,6 +5,7 @@
 #
 # On the development machine:   bench/gpu.sh --build     (builds rlo-bench-cuda and the GPU tests into bench/bin/)
 # On the GPU machine:           bench/gpu.sh             (runs; writes bench/out/*.jsonl and prints a table)
+#                               bench/gpu.sh --tests     (only the GPU tests; RLO_GPU_TESTS=0 skips them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,10 +36,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 BIN=${RLO_BENCH_BIN:-bench/bin/rlo-bench-cuda}
 # correctness first (#6): every stdlib objective and RLO_GPU_CASES random programs against the
 # interpreter, repeated runs bit-identical; a failure is reported and the benchmark runs anyway
-if [[ -x bench/bin/cuda_gpu_tests ]]; then
+# (`--tests`: only these; RLO_GPU_TESTS=0: skip them; RLO_GPU_CASES: random programs, 240)
+if [[ -x bench/bin/cuda_gpu_tests && "${RLO_GPU_TESTS:-1}" != 0 ]]; then
     RLO_STDLIB_DIR=stdlib bench/bin/cuda_gpu_tests --test-threads 1 --nocapture 2>&1 |
         tee bench/out/gpu_tests.txt || echo "!! GPU TESTS FAILED (bench/out/gpu_tests.txt)"
 fi
+[[ "${1:-}" == "--tests" ]] && exit 0
 "$BIN" --stdlib stdlib --iters "$ITERS" | tee bench/out/rlo.jsonl
 python3 bench/torch_losses.py "$ITERS" | tee bench/out/torch.jsonl
 python3 bench/summarize.py bench/out/rlo.jsonl bench/out/torch.jsonl | tee bench/out/summary.txt
