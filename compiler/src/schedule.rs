@@ -126,7 +126,7 @@ impl Schedule {
 }
 
 mod algo;
-pub use algo::{needed, schedule, structural};
+pub use algo::{needed, needed_from, schedule, structural};
 
 /// Stable text of a schedule (`rloc emit schedule`, snapshots): one line per stage, then the
 /// materialized values.

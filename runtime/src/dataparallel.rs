@@ -601,7 +601,7 @@ fn lift_metrics(
             continue;
         }
         let root = m.metrics[i].value;
-        let mine = cone(m, &[root]);
+        let mine = rlo_compiler::schedule::needed_from(m, [root]);
         let whole_batch = m.exprs.iter().any(|(h, e)| {
             mine.get(h.index()).copied().unwrap_or(false)
                 && matches!(
@@ -649,22 +649,6 @@ fn lift_metrics(
         }
     }
     out
-}
-
-/// The nodes `roots` read (themselves included).
-fn cone(m: &Module, roots: &[H]) -> Vec<bool> {
-    let mut seen = vec![false; m.exprs.len()];
-    let mut stack: Vec<H> = roots.to_vec();
-    while let Some(h) = stack.pop() {
-        match seen.get_mut(h.index()) {
-            Some(s) if !*s => *s = true,
-            _ => continue,
-        }
-        if let Some(e) = m.exprs.get(h) {
-            e.for_each_operand(|o| stack.push(o));
-        }
-    }
-    seen
 }
 
 /// Round of each leaf: 0 if no other leaf is below it, else one more than the deepest below.

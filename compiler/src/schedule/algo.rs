@@ -15,11 +15,16 @@ use crate::types::Level;
 
 /// Nodes reachable from the roots (loss, metrics, outputs, gradients).
 pub fn needed(m: &Module) -> Vec<bool> {
-    let mut need = vec![false; m.exprs.len()];
     let roots = std::iter::once(m.loss)
         .chain(m.metrics.iter().map(|n| n.value))
         .chain(m.outputs.iter().map(|n| n.value))
         .chain(m.grads.iter().map(|g| g.value));
+    needed_from(m, roots)
+}
+
+/// Nodes reachable from `roots` (themselves included).
+pub fn needed_from(m: &Module, roots: impl IntoIterator<Item = Handle<Expr>>) -> Vec<bool> {
+    let mut need = vec![false; m.exprs.len()];
     for h in roots {
         if let Some(x) = need.get_mut(h.index()) {
             *x = true;
