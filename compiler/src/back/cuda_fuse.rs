@@ -689,8 +689,8 @@ pub(crate) fn add_order_stats(
     rest
 }
 
-/// One kernel for the sequence/group quantiles of token values of a small stage (`nodes`, their
-/// operands finished by earlier kernels): one block per unit, grid-stride.
+/// One kernel for the turn/sequence/group quantiles of token values of a stage (`nodes`, their
+/// operands finished by earlier kernels): a block per sequence or group, grid-stride.
 pub(crate) fn add_unit_quantiles(
     ident: &str,
     stage: usize,
@@ -698,20 +698,8 @@ pub(crate) fn add_unit_quantiles(
     role: &mut HandleVec<Expr, Role>,
     kernels: &mut Vec<KernelPlan>,
 ) {
-    let uk = kernels.len();
-    for &h in &nodes {
-        role[h] = Role::Stmt { kernel: uk };
-    }
-    kernels.push(KernelPlan {
-        name: format!("rlo_{ident}_u{stage}"),
-        kind: KernelKind::UnitQuantiles,
-        stage,
-        nodes,
-        sweeps: 0,
-        fused: Vec::new(),
-        threads: SMALL_THREADS,
-        merged: Vec::new(),
-    });
+    let name = format!("rlo_{ident}_u{stage}");
+    add_statements(name, KernelKind::UnitQuantiles, stage, nodes, role, kernels);
 }
 
 pub(crate) fn add_small(
@@ -721,13 +709,26 @@ pub(crate) fn add_small(
     role: &mut HandleVec<Expr, Role>,
     kernels: &mut Vec<KernelPlan>,
 ) {
-    let sk = kernels.len();
+    let name = format!("rlo_{ident}_s{stage}");
+    add_statements(name, KernelKind::Small, stage, nodes, role, kernels);
+}
+
+/// A kernel whose nodes are statements (`Role::Stmt`), of 1024-thread blocks.
+fn add_statements(
+    name: String,
+    kind: KernelKind,
+    stage: usize,
+    nodes: Vec<Handle<Expr>>,
+    role: &mut HandleVec<Expr, Role>,
+    kernels: &mut Vec<KernelPlan>,
+) {
+    let k = kernels.len();
     for &h in &nodes {
-        role[h] = Role::Stmt { kernel: sk };
+        role[h] = Role::Stmt { kernel: k };
     }
     kernels.push(KernelPlan {
-        name: format!("rlo_{ident}_s{stage}"),
-        kind: KernelKind::Small,
+        name,
+        kind,
         stage,
         nodes,
         sweeps: 0,
