@@ -117,7 +117,7 @@ fn hostile_input_names_stay_inside_comments() {
 fn kernels_split_into_compile_units() {
     let have_nvrtc = nvrtc_or_skip("compile units");
     for name in ["grpo", "gspo", "clip_cov", "ppo", "dpo"] {
-        let c = compile_stdlib(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c = rlo_tests::compile_stdlib(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         let p = emit(&c.module, &c.schedule, &CudaOptions::default()).expect("emit");
         let all: Vec<&str> = p.kernel_text.iter().map(|k| k.name.as_str()).collect();
         for l in &p.launches {
@@ -257,18 +257,6 @@ fn schedule_of(c: &rlo_compiler::Compiled) -> Schedule {
     }
 }
 
-/// Compiles `stdlib/<name>.rlo` (front end + autodiff + schedule).
-fn compile_stdlib(name: &str) -> Result<rlo_compiler::Compiled, String> {
-    let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    rlo_compiler::compile(
-        &format!("{name}.rlo"),
-        &text,
-        &rlo_compiler::Options::default(),
-    )
-    .map_err(|f| f.render(false))
-}
-
 #[test]
 fn every_stdlib_objective_compiles_with_nvrtc() {
     let names = rlo_tests::stdlib_objective_names();
@@ -279,7 +267,7 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
     let mut times: Vec<(String, f64, f64, f64)> = Vec::new();
     for name in &names {
         let t0 = std::time::Instant::now();
-        let c = match compile_stdlib(name) {
+        let c = match rlo_tests::compile_stdlib(name) {
             Ok(c) => c,
             Err(e) => {
                 front_failed.push(format!("{name}: {}", e.lines().next().unwrap_or("")));
@@ -355,7 +343,7 @@ fn every_stdlib_objective_compiles_with_nvrtc() {
 }
 
 fn snapshot_source(name: &str) -> Option<String> {
-    let c = match compile_stdlib(name) {
+    let c = match rlo_tests::compile_stdlib(name) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("SKIP snapshot {name}: the front end does not compile it yet:\n{e}");

@@ -8,18 +8,6 @@
 mod support;
 use support::kitchen_sink;
 
-/// Compiles `stdlib/<name>.rlo` (front end + autodiff + schedule).
-fn compile_stdlib(name: &str) -> Result<rlo_compiler::Compiled, String> {
-    let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    rlo_compiler::compile(
-        &format!("{name}.rlo"),
-        &text,
-        &rlo_compiler::Options::default(),
-    )
-    .map_err(|f| f.render(false))
-}
-
 /// `Some(())` when a CUDA device can be opened; otherwise prints why the GPU test is skipped.
 fn gpu_or_skip(test: &str) -> bool {
     match rlo_runtime::cuda::CudaDevice::global() {
@@ -108,9 +96,7 @@ fn gpu_parity_with_interpreter_and_bitwise_repeatable() {
     );
     let (mut runs, mut f32_only, mut failures) = (0usize, Vec::new(), Vec::new());
     for name in &names {
-        let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = rlo_tests::stdlib_source(name).unwrap_or_else(|e| panic!("{e}"));
         let obj = match Objective::compile(&format!("{name}.rlo"), &text, &Default::default()) {
             Ok(o) => o,
             Err(f) => panic!("{name}: {}", f.render(false)),
@@ -164,7 +150,7 @@ fn gpu_kitchen_sink_runs_and_repeats() {
         return;
     }
     let (m, s) = kitchen_sink("logp");
-    let Ok(mut c) = compile_stdlib("grpo") else {
+    let Ok(mut c) = rlo_tests::compile_stdlib("grpo") else {
         eprintln!("SKIP gpu_kitchen_sink: the front end does not compile grpo");
         return;
     };
@@ -200,7 +186,7 @@ fn gpu_random_programs_match_the_interpreter() {
     if !gpu_or_skip("gpu_random_programs") {
         return;
     }
-    let Ok(mut c) = compile_stdlib("grpo") else {
+    let Ok(mut c) = rlo_tests::compile_stdlib("grpo") else {
         eprintln!("SKIP gpu_random_programs: the front end does not compile grpo");
         return;
     };

@@ -26,14 +26,7 @@ const ABOVE_ROOFLINE: [&str; 4] = ["clip_cov", "kl_cov", "ppo", "reinforce_pp"];
 const FUSED: [&str; 4] = ["gmpo", "gspo", "gspo_token", "vespo"];
 
 fn compile(name: &str) -> Compiled {
-    let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    rlo_compiler::compile(
-        &format!("{name}.rlo"),
-        &text,
-        &rlo_compiler::Options::default(),
-    )
-    .unwrap_or_else(|f| panic!("{name}: {}", f.render(false)))
+    rlo_tests::compile_stdlib(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn program(c: &Compiled, layout: TokLayout, tok_dtype: StorageType, plain: bool) -> CudaProgram {

@@ -498,6 +498,23 @@ pub fn stdlib_dir() -> std::path::PathBuf {
     std::path::PathBuf::from("stdlib")
 }
 
+/// The text of `stdlib/<name>.rlo`.
+pub fn stdlib_source(name: &str) -> Result<String, String> {
+    let path = stdlib_dir().join(format!("{name}.rlo"));
+    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `stdlib/<name>.rlo` compiled (front end, autodiff, schedule), or the rendered diagnostics.
+pub fn compile_stdlib(name: &str) -> Result<rlo_compiler::Compiled, String> {
+    let text = stdlib_source(name)?;
+    rlo_compiler::compile(
+        &format!("{name}.rlo"),
+        &text,
+        &rlo_compiler::Options::default(),
+    )
+    .map_err(|f| f.render(false))
+}
+
 /// The stdlib files that define an objective, by name (`grpo`, …), sorted.
 pub fn stdlib_objective_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(stdlib_dir())

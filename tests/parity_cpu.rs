@@ -27,8 +27,7 @@ fn objectives() -> Vec<(String, String)> {
     rlo_tests::stdlib_objective_names()
         .into_iter()
         .map(|name| {
-            let path = rlo_tests::stdlib_dir().join(format!("{name}.rlo"));
-            let text = std::fs::read_to_string(&path).expect("read");
+            let text = rlo_tests::stdlib_source(&name).unwrap_or_else(|e| panic!("{e}"));
             (name, text)
         })
         .collect()
