@@ -16,11 +16,7 @@ if [[ "${1:-}" == "--build" ]]; then
     strip bench/bin/rlo-bench-cuda || true
     # the GPU tests (tests/cuda_gpu.rs) as a binary too: the GPU machine has no cargo
     tests=$(cargo test --release -p rlo-tests --test cuda_gpu --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_gpu":
-        print(m["executable"])' | tail -1)
+        python3 bench/test_exe.py cuda_gpu)
     [[ -n "$tests" ]] || { echo "the cuda_gpu test binary was not built" >&2; exit 1; }
     cp "$tests" bench/bin/cuda_gpu_tests
     strip bench/bin/cuda_gpu_tests || true

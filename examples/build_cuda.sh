@@ -108,11 +108,7 @@ build)
     # the GPU tests as a binary too (the GPU machine has no cargo)
     tests=$(patched_cargo test --release -p rlo-examples --features cuda --test cuda_train \
         --no-run --message-format=json 2>/dev/null |
-        "$PY" -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_train":
-        print(m["executable"])' | tail -1)
+        "$PY" bench/test_exe.py cuda_train)
     [[ -n "$tests" ]] || { echo "the cuda_train test binary was not built" >&2; exit 1; }
     cp "$tests" examples/bin/cuda_train_tests
     strip examples/bin/cuda_train_tests || true
