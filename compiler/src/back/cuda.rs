@@ -33,7 +33,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use crate::arena::{Handle, HandleVec};
-use crate::ir::{Expr, Module, ReduceOp};
+use crate::ir::{Expr, Module, ReduceOp, ScanOp};
 use crate::schedule::{Schedule, StageKind};
 use crate::types::Level;
 use rlo_grammar::SourceMap;
@@ -407,12 +407,33 @@ pub(crate) struct Plan<'a> {
     pub remat: HandleVec<Expr, bool>,
     /// `seq` reductions of a fused pass finished right after their sweep (read by a later one).
     pub early: HandleVec<Expr, bool>,
-    /// `seq_next` / `seq_prev` of a token pass computed per token as a gather: the argument's
-    /// cone recomputed at the neighbouring token ([`gather_cone`]), no scan, no store, no sweep.
-    pub gather: HandleVec<Expr, bool>,
-    /// Token scans of a pass whose argument the scan's load recomputes at each token (an
-    /// elementwise cone, [`scan_cone`]): the argument is neither stored nor needs a sweep first.
-    pub scan_inline: HandleVec<Expr, bool>,
+    /// Token scans of a pass that recompute their argument's cone (operands first): a
+    /// `seq_next` / `seq_prev` as a gather at the neighbouring token ([`check::gather_cone`]: no scan,
+    /// no store, no sweep), another scan in its load at each token ([`check::scan_cone`]: the argument
+    /// is neither stored nor needs a sweep first). [`Plan::gather`], [`Plan::scan_inline`].
+    pub recompute: HandleVec<Expr, Option<Vec<Handle<Expr>>>>,
+}
+
+impl Plan<'_> {
+    /// A shift computed as a gather (`recompute` of a `seq_next` / `seq_prev`).
+    pub(crate) fn gather(&self, h: Handle<Expr>) -> bool {
+        self.recompute[h].is_some() && self.is_shift(h)
+    }
+
+    /// A scan whose load recomputes its argument (`recompute` of another scan).
+    pub(crate) fn scan_inline(&self, h: Handle<Expr>) -> bool {
+        self.recompute[h].is_some() && !self.is_shift(h)
+    }
+
+    fn is_shift(&self, h: Handle<Expr>) -> bool {
+        matches!(
+            self.m.exprs[h],
+            Expr::Scan {
+                op: ScanOp::Next | ScanOp::Prev,
+                ..
+            }
+        )
+    }
 }
 
 pub(crate) fn err(m: &Module, h: Handle<Expr>, msg: impl Into<String>) -> BackendError {
@@ -630,8 +651,7 @@ fn plan<'a>(m: &'a Module, s: &Schedule, opts: &'a CudaOptions) -> Result<Plan<'
         prologue: Vec::new(),
         remat: HandleVec::new(n, false),
         early: HandleVec::new(n, false),
-        gather: HandleVec::new(n, false),
-        scan_inline: HandleVec::new(n, false),
+        recompute: HandleVec::new(n, None),
         kernels,
     };
     check::check_and_mark(&mut p)?;

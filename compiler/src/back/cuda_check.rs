@@ -34,25 +34,22 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
             Role::None => {}
             Role::Tok { kernel, .. } | Role::Acc { kernel, .. } => {
                 if matches!(p.role[h], Role::Tok { .. }) {
-                    if let Some(cone) = gather_cone(p, h, kernel) {
-                        // recomputed at the neighbour: reads no stored operand, needs no sweep
-                        p.gather[h] = true;
+                    // a gather recomputed at the neighbour (reads no stored operand, needs no
+                    // sweep), or a scan's load recomputing its argument at each token
+                    let cone = gather_cone(p, h, kernel)
+                        .or_else(|| scan_cone(p, h, kernel).filter(|_| !p.opts.disable_remat));
+                    if let Some(cone) = cone {
                         store_cone_reads(p, &cone, kernel);
-                    } else if let Some(cone) =
-                        scan_cone(p, h, kernel).filter(|_| !p.opts.disable_remat)
-                    {
-                        // the scan's load recomputes its argument at each token
-                        p.scan_inline[h] = true;
-                        store_cone_reads(p, &cone, kernel);
+                        p.recompute[h] = Some(cone);
                     }
                 }
                 // the argument of an inline scan: not an operand read from this pass
-                let inline_arg = if let (true, Expr::Scan { arg, .. }) = (p.scan_inline[h], e) {
+                let inline_arg = if let (true, Expr::Scan { arg, .. }) = (p.scan_inline(h), e) {
                     Some(p.canon[*arg])
                 } else {
                     None
                 };
-                let is_scan = matches!(e, Expr::Scan { .. }) && !p.gather[h]
+                let is_scan = matches!(e, Expr::Scan { .. }) && !p.gather(h)
                     || matches!(
                         e,
                         Expr::Reduce {
@@ -241,7 +238,7 @@ pub(super) fn check_and_mark(p: &mut Plan) -> Result<(), BackendError> {
         );
         for o in e.operands() {
             let o = p.canon[o];
-            if matches!(*e, Expr::Scan { arg, .. } if p.scan_inline[h] && p.canon[arg] == o) {
+            if matches!(*e, Expr::Scan { arg, .. } if p.scan_inline(h) && p.canon[arg] == o) {
                 continue;
             }
             if let Role::Tok { kernel, sweep } = p.role[o] {

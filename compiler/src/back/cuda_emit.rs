@@ -507,7 +507,7 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
         for &h in &k.nodes {
             if matches!(m.exprs[h], Expr::Scan { .. })
                 && p.role[h] == (Role::Tok { kernel: ki, sweep })
-                && !p.gather[h]
+                && !p.gather(h)
             {
                 w.line(&scan_call(p, &locals, h)?);
             }
@@ -520,11 +520,11 @@ fn write_pass(p: &Plan, w: &mut W, ki: usize, k: &KernelPlan) -> R<()> {
                 Role::Tok { sweep: sw, .. } | Role::Acc { sweep: sw, .. } => sw == sweep,
                 Role::None | Role::SeqLocal { .. } | Role::Stmt { .. } => false,
             };
-            if !here || (matches!(m.exprs[h], Expr::Scan { .. }) && !p.gather[h]) {
+            if !here || (matches!(m.exprs[h], Expr::Scan { .. }) && !p.gather(h)) {
                 continue;
             }
-            if p.gather[h] {
-                let g = gather_expr(p, &sweep_locals, h, ki)?;
+            if let (true, Some(cone)) = (p.gather(h), &p.recompute[h]) {
+                let g = gather_expr(p, &sweep_locals, h, cone, ki)?;
                 w.line(&format!(
                     "const float e{} = {g};{}",
                     h.index(),
@@ -724,16 +724,20 @@ fn open_single(p: &Plan, w: &mut W, name: &str) {
     params(p, w);
 }
 
-/// A `seq_next` / `seq_prev` as a gather (`Plan::gather`): the argument's cone recomputed at the
-/// neighbouring token `u`, 0 past the sequence's ends.
-fn gather_expr(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>, k: usize) -> R<String> {
+/// A `seq_next` / `seq_prev` as a gather (`Plan::gather`): the argument's `cone` recomputed at
+/// the neighbouring token `u`, 0 past the sequence's ends.
+fn gather_expr(
+    p: &Plan,
+    locals: &[Handle<Expr>],
+    h: Handle<Expr>,
+    cone: &[Handle<Expr>],
+    k: usize,
+) -> R<String> {
     let m = p.m;
-    let (Some(cone), Expr::Scan { op, arg, .. }) =
-        (super::check::gather_cone(p, h, k), &m.exprs[h])
-    else {
+    let Expr::Scan { op, arg, .. } = m.exprs[h] else {
         return Err(err(m, h, "internal: not a gather"));
     };
-    let f = cone_lambda(p, locals, &cone, *arg, k)?;
+    let f = cone_lambda(p, locals, cone, arg, k)?;
     let (u, live) = match op {
         ScanOp::Next => ("t + 1", "t + 1 < len"),
         ScanOp::Prev => ("t - 1", "t > 0"),
@@ -764,8 +768,8 @@ pub(super) fn cone_lambda(
     let mut body = String::new();
     for &c in cone {
         // a shift inside the cone is a gather of its own
-        let e = if super::check::gather_cone(p, c, k).is_some() {
-            gather_expr(p, &inner, c, k)?
+        let e = if let Some(nested) = super::check::gather_cone(p, c, k) {
+            gather_expr(p, &inner, c, &nested, k)?
         } else {
             rhs(p, &inner, c, Level::Tok)?
         };

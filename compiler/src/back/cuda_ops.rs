@@ -400,18 +400,19 @@ pub(super) fn scan_call(p: &Plan, locals: &[Handle<Expr>], h: Handle<Expr>) -> R
         ));
     }
     // an inline scan recomputes its argument in the load (`Plan::scan_inline`)
-    let inline = match p.role[h] {
-        Role::Tok { kernel, .. } if p.scan_inline[h] => {
-            super::super::check::scan_cone(p, h, kernel).map(|c| (c, kernel))
-        }
-        Role::None
-        | Role::Tok { .. }
-        | Role::Acc { .. }
-        | Role::SeqLocal { .. }
-        | Role::Stmt { .. } => None,
+    let inline = match (p.role[h], &p.recompute[h]) {
+        (Role::Tok { kernel, .. }, Some(cone)) if p.scan_inline(h) => Some((cone, kernel)),
+        (
+            Role::None
+            | Role::Tok { .. }
+            | Role::Acc { .. }
+            | Role::SeqLocal { .. }
+            | Role::Stmt { .. },
+            _,
+        ) => None,
     };
     let load = if let Some((cone, kernel)) = inline {
-        super::cone_lambda(p, locals, &cone, arg, kernel)?
+        super::cone_lambda(p, locals, cone, arg, kernel)?
     } else {
         let x = val(p, locals, arg, Level::Tok)?;
         format!("[&](long long t) -> float {{ const long long i = RLO_TOK(s, t); return {x}; }}")
